@@ -1,0 +1,25 @@
+"""What every command-line tool shares: user errors as one line and exit status 2."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from prn_edge.errors import PRNError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_cli(prog: str, body: Callable[[], int]) -> int:
+    """Run ``body``; a :class:`PRNError` prints ``prog: error: message`` and returns 2.
+
+    Anything else is an internal bug and keeps its traceback.
+    """
+    try:
+        return body()
+    except PRNError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,134 @@
+"""Model configuration: one dataclass, two presets (``paper`` and ``edge``).
+
+Plain data only (str, int, float, bool, tuples), so it round-trips through a
+``weights_only`` checkpoint and an ONNX metadata string. No torch import here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from prn_edge.errors import PRNError
+
+BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
+RESIDUAL_MODES = ("abs", "square")
+
+
+@dataclass(frozen=True)
+class PRNConfig:
+    """Every architectural choice of PRN_SPEC, with the paper's values as defaults.
+
+    Attributes:
+        backbone: frozen ImageNet encoder, one of ``BACKBONE_NAMES``.
+        image_size: square input side in pixels (the paper and all metrics use 256).
+        prototype_ratio: K = max(1, round(ratio * number of normal training images)).
+        kmeans_iterations: k-means iteration cap.
+        residual: ``abs`` (|F - P|, the paper's wording) or ``square`` ((F - P)^2, public versions).
+        share_fusion_weights: one MF module for features and residuals instead of two.
+        msa_layers: multi-size attention layers per scale (paper 3, edge 1).
+        decoder_resolution: side at which the decoder predicts logits. ``image_size`` is the
+            paper's decoder (x4 upsampling, then two convolutions at full size); a smaller value
+            (edge: 64) predicts there and upsamples the logits bilinearly.
+        decoder_channels: channels of the decoder stage at scales 3, 2, 1 (None: the
+            encoder's tap channels, as in a U-Net that mirrors its encoder).
+        head_channels: channels of the last conv3x3-BN-ReLU before the 1-channel logits.
+        score_top_k: image score = mean of the top-K anomaly map values.
+    """
+
+    backbone: str = "resnet18"
+    image_size: int = 256
+    prototype_ratio: float = 0.1
+    kmeans_iterations: int = 300
+    residual: str = "abs"
+    share_fusion_weights: bool = False
+    msa_layers: int = 3
+    decoder_resolution: int = 256
+    decoder_channels: tuple[int, int, int] | None = None
+    head_channels: int = 32
+    score_top_k: int = 100
+    preset: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        # Tuples arrive as lists from JSON/ONNX metadata; keep the dataclass hashable.
+        if isinstance(self.decoder_channels, list):
+            object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`PRNError` naming the first invalid field."""
+        if self.backbone not in BACKBONE_NAMES:
+            raise PRNError(f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONE_NAMES)}")
+        if self.residual not in RESIDUAL_MODES:
+            raise PRNError(f"unknown residual {self.residual!r}: choose one of {', '.join(RESIDUAL_MODES)}")
+        # Four heads with patch sides H, H/2, H/4, H/8 at scale 3 (H = size/16) need size % 128 == 0.
+        if self.image_size < 128 or self.image_size % 128:
+            raise PRNError(f"image_size must be a multiple of 128 (got {self.image_size}): "
+                           "the smallest attention patch at stride 16 is image_size/128 pixels")
+        if not 0 < self.prototype_ratio <= 1:
+            raise PRNError(f"prototype_ratio must be in (0, 1], got {self.prototype_ratio}")
+        if self.kmeans_iterations < 1:
+            raise PRNError(f"kmeans_iterations must be >= 1, got {self.kmeans_iterations}")
+        if self.msa_layers < 0:
+            raise PRNError(f"msa_layers must be >= 0, got {self.msa_layers}")
+        stride1 = self.image_size // 4
+        if self.decoder_resolution not in (stride1, self.image_size):
+            raise PRNError(f"decoder_resolution must be {stride1} (predict at stride 4) or "
+                           f"{self.image_size} (full size), got {self.decoder_resolution}")
+        if self.decoder_channels is not None and (
+                len(self.decoder_channels) != 3 or min(self.decoder_channels) < 1):
+            raise PRNError(f"decoder_channels must be three positive ints, got {self.decoder_channels}")
+        if not 1 <= self.score_top_k <= self.image_size ** 2:
+            raise PRNError(f"score_top_k must be in [1, {self.image_size ** 2}], got {self.score_top_k}")
+
+    def num_prototypes(self, num_normal: int) -> int:
+        """K for a training set of ``num_normal`` normal images (PRN_SPEC section 1)."""
+        if num_normal < 1:
+            raise PRNError("cannot build prototypes from zero normal images")
+        return max(1, round(self.prototype_ratio * num_normal))
+
+    def replace(self, **changes: Any) -> "PRNConfig":
+        """A copy with ``changes`` applied (``None`` values are ignored: they mean 'keep')."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise PRNError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data dict (lists for tuples), safe for weights_only checkpoints and JSON."""
+        out = dataclasses.asdict(self)
+        if out["decoder_channels"] is not None:
+            out["decoder_channels"] = list(out["decoder_channels"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PRNConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
+        if not isinstance(data, dict):
+            raise PRNError(f"config must be a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise PRNError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+PRESETS: dict[str, PRNConfig] = {
+    # PRN_SPEC as written: ResNet-18, three MSA layers per scale, full-size decoder.
+    "paper": PRNConfig(preset="paper"),
+    # Cheaper for Jetson-class devices: offline Lite0 weights, one MSA layer per scale,
+    # logits predicted at stride 4 (64x64) and upsampled.
+    "edge": PRNConfig(backbone="efficientnet_lite0", msa_layers=1, decoder_resolution=64, preset="edge"),
+}
+
+
+def get_config(preset: str = "paper", **overrides: Any) -> PRNConfig:
+    """The named preset with ``overrides`` applied (``None`` overrides are ignored).
+
+    Raises:
+        PRNError: unknown preset or field, or an invalid value.
+    """
+    if preset not in PRESETS:
+        raise PRNError(f"unknown config {preset!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset].replace(**overrides)

