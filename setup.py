@@ -31,5 +31,7 @@ setup(
     # The edge runtime needs only these; torch, onnx, tensorrt and cupy are imported lazily.
     install_requires=["numpy>=1.24", "opencv-python-headless>=4.8"],
     extras_require=extras,
-    entry_points={"console_scripts": []},  # grows as each command really works
+    entry_points={"console_scripts": [  # only commands that really work
+        "prn-train = prn_edge.train.cli:main",
+    ]},
 )

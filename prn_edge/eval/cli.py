@@ -1,0 +1,150 @@
+"""``prn-eval``: score a checkpoint on an MVTec-layout category and write the report.
+
+The command is a thin view of the API::
+
+    predictor = TorchPRNPredictor.from_checkpoint(checkpoint, device)
+    category = scan_category(data)
+    result = evaluate(predictor, category, exclude=seen_anomalies_from(predictor.checkpoint, category))
+    write_report(result, out)
+
+Every user error (a missing checkpoint, a bad data folder, an unwritable output folder) is
+one line ``prn-eval: error: ...`` and exit status 2, and leaves no output behind: the
+output folder is created only once the evaluation and the figures have succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from prn_edge.cli import EXIT_USER_ERROR, run_cli
+from prn_edge.errors import PRNError
+
+PROG = "prn-eval"
+
+__all__ = ["build_parser", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors, like every other user error of the tool."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``prn-eval``."""
+    p = _Parser(
+        prog=PROG,
+        description="Evaluate a PRN checkpoint on one MVTec-layout category (test/<type>, ground_truth/<type>): "
+                    "image AUROC, pixel AUROC, PRO (FPR up to 0.3) and pixel AP, overall and per defect type, "
+                    "at the model's input size. The seen anomalies the checkpoint trained on (recorded in its "
+                    "metadata) are left out of the evaluation. Writes OUT/metrics.json, report.md, roc.png, "
+                    "pr.png and cases.png.",
+        epilog="examples:\n"
+               "  prn-eval --checkpoint runs/bottle/checkpoint.pt --data ../shared/data/mvtec_ad/bottle "
+               "--out runs/bottle/eval\n"
+               "  prn-eval --checkpoint ckpt.pt --data DIR --out /tmp/quick --limit 2   # quick check, "
+               "2 images per type\n"
+               "  prn-eval --checkpoint ckpt.pt --data DIR --out OUT --device cuda --batch-size 32\n\n"
+               "Python: prn_edge.eval.evaluate.evaluate(TorchPRNPredictor.from_checkpoint(...), "
+               "scan_category(...), exclude=...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="FILE",
+                   help="checkpoint.pt written by prn-train (or save_checkpoint)")
+    p.add_argument("--data", required=True, type=Path, metavar="DIR",
+                   help="category folder in the MVTec layout, e.g. ../shared/data/mvtec_ad/bottle")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="output folder for the report (created after a successful evaluation)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+                   help="images per forward pass (default 8)")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="evaluate only the first N images of each type (good and each defect), for quick "
+                        "checks; the numbers are then not comparable with a full run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return p
+
+
+def _check_out_dir(out: Path) -> None:
+    """Fail before any work if ``out`` cannot be written, without creating it.
+
+    ``os.access`` is not enough (root passes it everywhere, read-only mounts fool it), so
+    a temporary entry is created and removed in ``out`` or in its nearest existing parent.
+
+    Raises:
+        PRNError: ``out`` (or a parent) is a file, or the folder is not writable.
+    """
+    probe_dir = out
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        where = "output path" if probe_dir == out else f"{probe_dir}, a parent of the output folder,"
+        raise PRNError(f"{out}: cannot write the report: {where} exists and is not a folder (--out)")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".prn-eval-probe-", dir=probe_dir)
+    except OSError as exc:
+        raise PRNError(f"{out}: cannot write the report: {probe_dir} is not writable "
+                       f"({exc.strerror or exc}); choose another --out") from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imports here keep `prn-eval --help` fast and torch-free.
+    from prn_edge.data.mvtec import scan_category
+    from prn_edge.eval.evaluate import evaluate, seen_anomalies_from
+    from prn_edge.eval.predictors import TorchPRNPredictor
+    from prn_edge.eval.report import render_report, summary_text, write_report
+
+    out = args.out.expanduser()
+    _check_out_dir(out)
+    category = scan_category(args.data)
+    predictor = TorchPRNPredictor.from_checkpoint(args.checkpoint, device=args.device)
+
+    # Warnings (e.g. no seen-anomaly record) are shown now and stated in the report.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exclude = seen_anomalies_from(predictor.checkpoint, category)
+    notes = [str(w.message) for w in caught]
+    for note in notes:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+
+    result = evaluate(predictor, category, exclude=exclude, batch_size=args.batch_size,
+                      progress=not args.no_progress, limit_per_type=args.limit)
+    rendered = render_report(result, notes)       # everything in memory first
+    written = write_report(result, out, notes, rendered=rendered)
+    print(summary_text(result, written, notes))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``prn-eval``; returns the exit status (0, or 2 for a user error).
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: _run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

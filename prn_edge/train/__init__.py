@@ -1,0 +1,1 @@
+"""Training: data loading for a category, the training loop, and ``prn-train``."""

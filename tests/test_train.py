@@ -1,0 +1,130 @@
+"""prn-train: a real (tiny) run on bottle images, resume, DDP with gloo, preview, bad input."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from prn_edge.checkpoint import load_checkpoint, load_model
+from prn_edge.train.cli import main as train_main
+
+FAST = ["--config", "edge", "--batch-size", "4", "--calibration-fraction", "0.2", "--seen", "3",
+        "--threads", "2", "--cache", "none-cache", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_category(bottle_dir, dtd_dir, tmp_path_factory) -> Path:
+    """A small MVTec-layout category made of links to real bottle images (nothing copied)."""
+    root = tmp_path_factory.mktemp("data")
+    cat = root / "bottle"
+    (cat / "train" / "good").mkdir(parents=True)
+    for src in sorted((bottle_dir / "train" / "good").iterdir())[:10]:
+        (cat / "train" / "good" / src.name).symlink_to(src)
+    for defect in ("broken_large", "contamination"):
+        (cat / "test" / defect).mkdir(parents=True)
+        (cat / "ground_truth" / defect).mkdir(parents=True)
+        for src in sorted((bottle_dir / "test" / defect).iterdir())[:3]:
+            (cat / "test" / defect / src.name).symlink_to(src)
+            mask = bottle_dir / "ground_truth" / defect / f"{src.stem}_mask.png"
+            (cat / "ground_truth" / defect / mask.name).symlink_to(mask)
+    (cat / "test" / "good").mkdir(parents=True)
+    for src in sorted((bottle_dir / "test" / "good").iterdir())[:2]:
+        (cat / "test" / "good" / src.name).symlink_to(src)
+    textures = root / "dtd" / "banded"
+    textures.mkdir(parents=True)
+    for src in sorted((dtd_dir / "banded").iterdir())[:4]:
+        (textures / src.name).symlink_to(src)
+    return cat
+
+
+def train(args: list[str], tmp_path: Path) -> int:
+    args = [a if a != "none-cache" else str(tmp_path / "cache") for a in args]
+    return train_main(args)
+
+
+def test_train_writes_a_calibrated_checkpoint_with_provenance(tiny_category, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(["--data", str(tiny_category), "--out", str(out), "--steps", "2", *FAST], tmp_path) == 0
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    data, training = ckpt.metadata["data"], ckpt.metadata["training"]
+    assert data["category"] == "bottle" and len(data["seen_anomalies"]) == 3
+    assert all(name.startswith("test/") and "good" not in name for name in data["seen_anomalies"])
+    assert len(data["calibration_images"]) == 2 and data["num_train_normal"] == 8
+    assert all(name.startswith("train/good/") for name in data["calibration_images"])
+    assert data["num_textures"] == 4
+    assert training["steps"] == 2 and training["batch_size"] == 4 and training["world_size"] == 1
+    assert ckpt.num_prototypes == 1  # round(0.1 * 8)
+    cal = ckpt.metadata["calibration"]
+    assert cal["num_images"] == 2 and ckpt.threshold == pytest.approx(max(cal["scores"]), abs=1e-6)
+    assert "wrote" in capsys.readouterr().out
+    # The threshold reproduces: the held-out images score at most the threshold.
+    model, _ = load_model(out / "checkpoint.pt")
+    from prn_edge.data.mvtec import load_image
+    images = torch.stack([torch.from_numpy(load_image(tiny_category / n)).permute(2, 0, 1)
+                          for n in data["calibration_images"]]).float() / 255
+    with torch.no_grad():
+        scores = model(images).score
+    assert float(scores.max()) == pytest.approx(ckpt.threshold, abs=1e-5)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_category, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train(["--data", str(tiny_category), "--out", str(straight), "--steps", "2", *FAST], tmp_path) == 0
+    assert train(["--data", str(tiny_category), "--out", str(split), "--steps", "1", *FAST], tmp_path) == 0
+    # Without --resume an existing run is protected.
+    assert train(["--data", str(tiny_category), "--out", str(split), "--steps", "2", *FAST], tmp_path) == 2
+    assert train(["--data", str(tiny_category), "--out", str(split), "--steps", "2", "--resume", *FAST],
+                 tmp_path) == 0
+    a = load_checkpoint(straight / "checkpoint.pt")
+    b = load_checkpoint(split / "checkpoint.pt")
+    assert b.metadata["training"]["steps"] == 2
+    for key, tensor in a.state_dict.items():
+        assert torch.equal(tensor, b.state_dict[key]), f"{key} differs after resume"
+
+
+def test_preview_writes_a_grid(tiny_category, tmp_path):
+    import cv2
+    out = tmp_path / "preview"
+    assert train(["--data", str(tiny_category), "--out", str(out), "--preview", "6", *FAST], tmp_path) == 0
+    grid = cv2.imread(str(out / "preview.png"))
+    assert grid is not None and grid.shape[0] >= 256 and grid.shape[1] >= 512
+    assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--data": "/nonexistent/folder"}, "data folder does not exist"),
+    ({"--batch-size": "6"}, "multiple of 4"),
+    ({"--steps": "0"}, "--steps must be >= 1"),
+    ({"--resume": None}, "nothing to resume"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_category, tmp_path, capsys, change, message):
+    options = dict(zip(FAST[:-1:2], FAST[1:-1:2]))  # FAST ends with the flag --quiet
+    options.update({"--data": str(tiny_category), "--out": str(tmp_path / "bad"), "--steps": "1",
+                    "--cache": str(tmp_path / "cache")})
+    options.update(change)
+    argv = [x for key, value in options.items() for x in ((key,) if value is None else (key, value))]
+    assert train_main(argv + ["--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prn-train: error:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+def test_ddp_two_processes_with_gloo(tiny_category, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    argv = [a if a != "none-cache" else str(tmp_path / "cache") for a in FAST]
+    argv[argv.index("--threads") + 1] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "prn_edge.train.cli", "--data", str(tiny_category), "--out", str(out), "--steps", "2",
+         "--device", "cpu", *argv],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt.metadata["training"]["world_size"] == 2 and ckpt.metadata["training"]["steps"] == 2
+    assert ckpt.metadata["training"]["epochs"] == pytest.approx(2 * 4 * 2 / 8)
