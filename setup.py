@@ -33,5 +33,6 @@ setup(
     extras_require=extras,
     entry_points={"console_scripts": [  # only commands that really work
         "prn-train = prn_edge.train.cli:main",
+        "prn-eval = prn_edge.eval.cli:main",
     ]},
 )

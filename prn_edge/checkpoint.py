@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -140,6 +141,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc) and "Unsupported global" not in str(exc):  # garbage, not a payload
+            raise CheckpointError(f"{path}: not a readable checkpoint (not a file written by torch.save)") from exc
         raise CheckpointError(
             f"{path}: refused: it holds Python objects other than tensors and plain data, which could "
             f"run code when unpickled ({_unsupported_global(exc)})") from exc
@@ -215,11 +218,9 @@ def _few(keys: list[str], n: int = 3) -> str:
 
 
 def _unsupported_global(exc: BaseException) -> str:
-    """The line of torch's weights_only message that names the offending object."""
-    for line in str(exc).splitlines():
-        if "Unsupported" in line or "GLOBAL" in line:
-            return line.strip()[:200]
-    return "weights_only unpickler refused it"
+    """The object torch's weights_only unpickler refused (without its advice to trust the file)."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f"it refers to {match.group(1)}" if match else "the weights_only unpickler refused it"
 
 
 def _first_line(exc: BaseException) -> str:

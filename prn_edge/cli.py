@@ -1,6 +1,7 @@
 """What every command-line tool shares: user errors as one line and exit status 2."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -23,3 +24,11 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors and exit status 2, like every other user error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)

@@ -7,6 +7,7 @@ type of the real bottle folder (``--limit 1``); the end-to-end plumbing check us
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 from conftest import REPO  # noqa: E402
+from test_imports import run_blocked  # noqa: E402
 
 from prn_edge.checkpoint import file_sha256, save_checkpoint  # noqa: E402
 from prn_edge.config import get_config  # noqa: E402
@@ -140,12 +142,12 @@ def test_torch_predictor_matches_the_model():
     model = tiny_prn(image_size=128, decoder_resolution=32)
     predictor = TorchPRNPredictor(model)
     assert isinstance(predictor, Predictor) and predictor.image_size == 128
-    images = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
     model.train()  # the predictor must score in eval mode regardless
     maps, scores = predictor.predict(images)
     assert not model.training
-    assert maps.dtype == np.float32 and maps.shape == (2, 128, 128)
-    assert scores.dtype == np.float32 and scores.shape == (2,)
+    assert maps.dtype == np.float32 and maps.shape == (1, 128, 128)
+    assert scores.dtype == np.float32 and scores.shape == (1,)
     with torch.no_grad():
         ref = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
     np.testing.assert_array_equal(maps, ref.anomaly_map[:, 0].numpy())
@@ -194,6 +196,9 @@ def test_oracle_scores_one_on_every_metric(bottle):
         # PRO sums per-pixel fractions: exact up to float rounding (~1e-14).
         assert (m.image_auroc, m.pixel_auroc, m.pro, m.ap) == pytest.approx((1.0,) * 4, abs=1e-9)
     assert set(result.per_type) == {"broken_large", "broken_small", "contamination"}
+    # 3 batches of 5, 5, 2: the speed leaves out the first (warm-up) batch.
+    assert len(result.batch_seconds) == 3 and result.warmup_excluded
+    assert result.images_per_second == pytest.approx(7 / sum(result.batch_seconds[1:]))
 
 
 class BrokenPredictor:
@@ -309,6 +314,64 @@ def test_cli_help():
     proc = subprocess.run([sys.executable, "-m", "prn_edge.eval.cli", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for flag in ("--checkpoint", "--data", "--out", "--device", "--batch-size", "--limit"):
+    for flag in ("--checkpoint", "--baseline", "--data", "--out", "--device", "--batch-size", "--limit"):
         assert flag in proc.stdout
     assert "prn-eval" in proc.stdout
+
+
+def test_evaluation_modules_import_without_torch():
+    # ONNX / TensorRT backends will be evaluated where torch is not installed.
+    proc = run_blocked("""
+        import prn_edge.eval.evaluate, prn_edge.eval.predictors, prn_edge.eval.report
+        from prn_edge.eval.cli import main
+        try:
+            main(["--help"])
+        except SystemExit as exc:
+            assert exc.code == 0
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not heavy, heavy
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "--checkpoint" in proc.stdout
+
+
+# --------------------------------------------------------------------------- the baseline
+
+@pytest.mark.parametrize("extra, match", [
+    (["--seen-from", "CKPT"], "--seen-from is for --baseline only"),
+    (["--baseline", "patchcore"], "not allowed with argument"),
+])
+def test_cli_checkpoint_option_conflicts(extra, match, tmp_path, checkpoint, bottle_dir):
+    extra = [str(checkpoint) if a == "CKPT" else a for a in extra]
+    out = tmp_path / "report"
+    code, _, stderr = run_main(["--checkpoint", checkpoint, "--data", bottle_dir, "--out", out, *extra])
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and match in stderr, stderr
+    assert not out.exists()
+
+
+def test_cli_baseline_on_a_gpu_is_refused(tmp_path, bottle_dir):
+    out = tmp_path / "report"
+    code, _, stderr = run_main(["--baseline", "patchcore", "--device", "cuda", "--data", bottle_dir, "--out", out])
+    assert code == 2 and "CPU only" in stderr and not out.exists()
+
+
+def test_cli_baseline_same_images_as_the_checkpoint(monkeypatch, tmp_path, checkpoint, bottle_dir):
+    patchcore = pytest.importorskip("prn_edge.baseline.patchcore")
+    original = patchcore.PatchCorePredictor.fit_category.__func__
+
+    def fit_on_two(cls, category, **kwargs):  # the real fit, on 2 normal images to stay fast
+        return original(cls, dataclasses.replace(category, train=category.train[:2]), **kwargs)
+
+    monkeypatch.setattr(patchcore.PatchCorePredictor, "fit_category", classmethod(fit_on_two))
+    out = tmp_path / "report"
+    code, stdout, stderr = run_main(["--baseline", "patchcore", "--seen-from", checkpoint, "--data", bottle_dir,
+                                     "--out", out, "--limit", 1, "--no-progress"])
+    assert code == 0, stderr
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["predictor"] == "patchcore" and "checkpoint_sha256" not in data
+    assert data["excluded"] == sorted(SEEN) and data["num_images"] == 4
+    assert not {item["path"] for item in data["per_image"]} & set(SEEN)
+    assert data["predictor_info"]["fit"]["images"] == 2
+    assert data["predictor_info"]["seen_from_sha256"] == file_sha256(checkpoint)
+    assert all(0.0 <= data[k] <= 1.0 for k in METRIC_KEYS)
+    assert "patchcore" in stdout

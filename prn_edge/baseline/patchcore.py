@@ -31,7 +31,7 @@ graph; :class:`PatchCorePredictor` is the fitting/inference wrapper that impleme
 """
 from __future__ import annotations
 
-import logging
+import contextlib
 import math
 import sys
 import time
@@ -59,7 +59,6 @@ __all__ = [
     "random_projection",
 ]
 
-log = logging.getLogger(__name__)
 
 CORESET_METHODS = ("greedy", "random")
 
@@ -181,15 +180,6 @@ def nearest_neighbor_distance(
     return torch.cat(dists), torch.cat(indices)
 
 
-def _sq_dist_to(points: Tensor, points_sq: Tensor, center: Tensor, center_sq: Tensor) -> Tensor:
-    """(n,) squared distances of (n, d) points to one (d,) center, GEMM form, clamped >= 0.
-
-    The single helper of both coreset paths, so that the fast path and the reference
-    round identically.
-    """
-    return torch.addmv(points_sq + center_sq, points, center, alpha=-2.0).clamp_min_(0.0)
-
-
 # --------------------------------------------------------------------------------------
 # Coreset
 # --------------------------------------------------------------------------------------
@@ -227,31 +217,74 @@ def _check_selection(n_points: int, n_select: int) -> None:
         raise PRNError(f"a coreset needs 1 <= size <= number of points, got {n_select} of {n_points}")
 
 
+def _as_points(points: Tensor | np.ndarray) -> np.ndarray:
+    """(N, d) features as a C-contiguous float32 numpy array (no copy when already one)."""
+    if isinstance(points, Tensor):
+        points = points.detach().cpu().numpy()
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    if points.ndim != 2:
+        raise PRNError(f"a coreset needs (N, d) points, got shape {points.shape}")
+    return points
+
+
+def _sq_dist_to(points: np.ndarray, points_sq: np.ndarray, center: np.ndarray, center_sq) -> np.ndarray:
+    """(n,) squared distances of (n, d) points to one (d,) center, GEMM form, clamped >= 0.
+
+    The single helper of both coreset paths, so that the fast path and the reference
+    round identically (a matrix-vector product computes each row's dot product the same
+    way whatever the number of rows).
+    """
+    dist = points @ center  # (n,)
+    dist *= -2.0
+    dist += points_sq
+    dist += center_sq
+    return np.maximum(dist, 0.0, out=dist)
+
+
 def _start_index(n_points: int, seed: int) -> int:
     generator = torch.Generator().manual_seed(int(seed))
     return int(torch.randint(n_points, (1,), generator=generator))
 
 
-def _fill_duplicates(selected: Tensor, taken: Tensor, count: int, seed: int) -> None:
+def _fill_duplicates(selected: np.ndarray, taken: np.ndarray, count: int, seed: int) -> None:
     """Fill ``selected[count:]`` with distinct unselected points, seeded.
 
     Greedy k-center stops making progress once every point is at distance 0 from a center
     (more points asked for than distinct vectors); the rest are then arbitrary, but they
     must still be distinct indices.
     """
-    rest = torch.nonzero(~taken).squeeze(1)
-    generator = torch.Generator().manual_seed(int(seed) + 1)
-    rest = rest[torch.randperm(rest.numel(), generator=generator)]
-    selected[count:] = rest[: selected.numel() - count]
+    rest = np.flatnonzero(~taken)
+    rest = rest[np.random.default_rng(int(seed) + 1).permutation(rest.size)]
+    selected[count:] = rest[: selected.size - count]
 
 
-def greedy_coreset_reference(points: Tensor, n_select: int, seed: int = 0) -> Tensor:
+def _single_threaded_blas() -> contextlib.AbstractContextManager:
+    """Limit numpy's BLAS to one thread for the greedy loops (when threadpoolctl is there).
+
+    The loops are memory-bound matrix-vector products; on the shared 2-core machines a
+    second BLAS thread mostly waits at barriers (3000 greedy steps on bottle: 10 s with one
+    thread, 28-35 s with two). threadpoolctl comes with scikit-learn (the ``train`` extra).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+# Why numpy in the two greedy loops: each iteration is a dozen small vector operations
+# (gathers, comparisons, an argmax over N), thousands of times. On the shared 2-core
+# machines torch's intra-op parallel regions stall on these (~8 ms for a comparison over
+# 214k floats with 2 threads, 0.2 ms with 1, against 0.01 ms for numpy), while the one
+# heavy operation, a matrix-vector product, runs in BLAS either way.
+def greedy_coreset_reference(points: Tensor | np.ndarray, n_select: int, seed: int = 0) -> Tensor:
     """Greedy k-center selection, the plain O(N * M) loop (reference for the fast path).
 
     Start from a seeded random point; repeatedly add the point farthest from the current
-    selection. Every iteration reads all N points once (a matrix-vector product): ~15-25 ms
-    per iteration for 214k x 128 float32 on 2 cores, i.e. 5-10 minutes for a 10% coreset
-    of MVTec bottle. Use :func:`greedy_coreset`, which selects the same points.
+    selection. Every iteration reads all N points once (a matrix-vector product): about
+    15-50 ms per iteration for 214k x 128 float32 on the shared 2-core machine, i.e.
+    5-17 minutes for a 10% coreset of MVTec bottle. Use :func:`greedy_coreset`, which
+    selects the same points.
 
     Args:
         points: (N, d) float features (already projected, if wanted).
@@ -261,26 +294,31 @@ def greedy_coreset_reference(points: Tensor, n_select: int, seed: int = 0) -> Te
     Returns:
         (M,) int64 indices in selection order.
     """
+    points = _as_points(points)
     n = points.shape[0]
     _check_selection(n, n_select)
-    sq = points.pow(2).sum(dim=1)  # (N,)
-    min_dist = torch.full((n,), float("inf"), dtype=points.dtype)  # squared, to the selection
-    taken = torch.zeros(n, dtype=torch.bool)
-    selected = torch.empty(n_select, dtype=torch.long)
-    idx = _start_index(n, seed)
-    for t in range(n_select):
+    sq = np.einsum("ij,ij->i", points, points)  # (N,)
+    min_dist = np.full(n, np.inf, dtype=np.float32)  # (N,) squared, to the selection
+    taken = np.zeros(n, dtype=bool)
+    selected = np.empty(n_select, dtype=np.int64)
+    with _single_threaded_blas():
+        _greedy_reference_loop(points, sq, min_dist, taken, selected, _start_index(n, seed), seed)
+    return torch.from_numpy(selected)
+
+
+def _greedy_reference_loop(points, sq, min_dist, taken, selected, idx: int, seed: int) -> None:
+    for t in range(selected.size):
         if taken[idx]:  # everything is covered at distance 0
             _fill_duplicates(selected, taken, t, seed)
             break
         selected[t] = idx
         taken[idx] = True
-        torch.minimum(min_dist, _sq_dist_to(points, sq, points[idx], sq[idx]), out=min_dist)
+        np.minimum(min_dist, _sq_dist_to(points, sq, points[idx], sq[idx]), out=min_dist)
         min_dist[idx] = 0.0
         idx = int(min_dist.argmax())
-    return selected
 
 
-def greedy_coreset(points: Tensor, n_select: int, seed: int = 0, return_stats: bool = False):
+def greedy_coreset(points: Tensor | np.ndarray, n_select: int, seed: int = 0, return_stats: bool = False):
     """Greedy k-center selection with exact Voronoi-cell pruning.
 
     The same selection as :func:`greedy_coreset_reference` (the point farthest from the
@@ -290,85 +328,82 @@ def greedy_coreset(points: Tensor, n_select: int, seed: int = 0, return_stats: b
     point ``x`` of cell ``g`` moves to the new center ``c`` only if
     ``||x - c|| < ||x - mu_g||``, which by the triangle inequality needs
     ``||c - mu_g|| < 2 ||x - mu_g|| <= 2 rho_g``. So each iteration computes the distance
-    of ``c`` to the M selected centers (small), and reads the points of the cells with
-    ``||c - mu_g||^2 < 4 rho_g^2`` only. Cells shrink as the selection grows, and late
-    iterations read a small fraction of the N points; the test on squared distances has a
-    small relative slack, so rounding can only make it read more points, never skip one
-    that moves.
+    of ``c`` to the selected centers (M x d, small), and reads the feature rows of the
+    cells with ``||c - mu_g||^2 < 4 rho_g^2`` only. Cells shrink as the selection grows,
+    so late iterations read a few percent of the N rows (the O(N) work left is on
+    per-point scalars: cell lookup and the argmax). The test has a small relative slack,
+    so rounding can only make it read more points, never skip one that moves.
 
     Args:
         points: (N, d) float features (already projected, if wanted).
         n_select: M, the number of points to select.
         seed: chooses the start point.
         return_stats: also return a dict with the covering radius after selection, the
-            mean fraction of points read per iteration and the seconds spent.
+            mean fraction of feature rows read per iteration and the seconds spent.
 
     Returns:
         (M,) int64 indices in selection order (and the stats dict if asked).
     """
     start_time = time.perf_counter()
+    points = _as_points(points)
     n, d = points.shape
     _check_selection(n, n_select)
-    points = points.contiguous()
-    sq = points.pow(2).sum(dim=1)  # (N,)
-    min_dist = torch.full((n,), float("inf"), dtype=points.dtype)  # (N,) squared, to own center
-    owner = torch.zeros(n, dtype=torch.long)  # (N,) selection step of the nearest center
-    taken = torch.zeros(n, dtype=torch.bool)
-    centers = points.new_empty(n_select, d)  # (M, d) selected points, in order
-    centers_sq = points.new_empty(n_select)  # (M,)
-    radius_sq = points.new_zeros(n_select)  # (M,) squared cell radii rho_g^2
-    selected = torch.empty(n_select, dtype=torch.long)
-    slack = 1.0 + 1e-4
-    points_read = 0
+    sq = np.einsum("ij,ij->i", points, points)  # (N,)
+    min_dist = np.full(n, np.inf, dtype=np.float32)  # (N,) squared, to own center
+    owner = np.zeros(n, dtype=np.int64)  # (N,) selection step of the nearest center
+    taken = np.zeros(n, dtype=bool)
+    centers = np.empty((n_select, d), dtype=np.float32)  # (M, d) selected points, in order
+    centers_sq = np.empty(n_select, dtype=np.float32)  # (M,)
+    radius_sq = np.zeros(n_select, dtype=np.float32)  # (M,) squared cell radii rho_g^2
+    selected = np.empty(n_select, dtype=np.int64)
+    slack = np.float32(4.0 * (1.0 + 1e-4))
+    rows_read = 0
 
     idx = _start_index(n, seed)
-    for t in range(n_select):
-        if taken[idx]:  # everything is covered at distance 0
-            _fill_duplicates(selected, taken, t, seed)
-            break
-        selected[t] = idx
-        taken[idx] = True
-        c, c_sq = points[idx], sq[idx]
-        centers[t], centers_sq[t] = c, c_sq
-        if t == 0:
-            ids = None  # every point
-            dist = _sq_dist_to(points, sq, c, c_sq)  # (N,)
-            min_dist.copy_(dist)
-            owner.zero_()
-            points_read += n
-        else:
-            # Cells the new center can take points from: ||c - mu_g||^2 < 4 rho_g^2.
-            to_centers = _sq_dist_to(centers[:t], centers_sq[:t], c, c_sq)  # (t,)
-            active = to_centers < 4.0 * slack * radius_sq[:t]  # (t,) bool
-            ids = torch.nonzero(active[owner]).squeeze(1)  # (n_a,) points of those cells
-            points_read += ids.numel()
-            dist = _sq_dist_to(points[ids], sq[ids], c, c_sq)  # (n_a,)
-            closer = dist < min_dist[ids]
-            moved = ids[closer]
-            min_dist[moved] = dist[closer]
-            owner[moved] = t
-        min_dist[idx] = 0.0
-        owner[idx] = t
-        # New radii of the cells that changed (the active ones and cell t): the max
-        # distance of their members, all of which are in ids. A cell always keeps its
-        # own center, so none of them is left without a member.
-        if ids is None:
-            radius_sq[0] = min_dist.max()
-        else:
-            members = owner[ids]
-            radius_sq[:t][active] = 0.0
-            radius_sq[t] = 0.0
-            radius_sq[: t + 1].scatter_reduce_(0, members, min_dist[ids], reduce="amax")
-        idx = int(min_dist.argmax())
+    with _single_threaded_blas():
+        for t in range(n_select):
+            if taken[idx]:  # everything is covered at distance 0
+                _fill_duplicates(selected, taken, t, seed)
+                break
+            selected[t] = idx
+            taken[idx] = True
+            c, c_sq = points[idx], sq[idx]
+            centers[t], centers_sq[t] = c, c_sq
+            if t == 0:
+                np.minimum(min_dist, _sq_dist_to(points, sq, c, c_sq), out=min_dist)
+                min_dist[idx] = 0.0
+                radius_sq[0] = min_dist.max()
+                rows_read += n
+            else:
+                # Cells the new center can take points from: ||c - mu_g||^2 < 4 rho_g^2.
+                to_centers = _sq_dist_to(centers[:t], centers_sq[:t], c, c_sq)  # (t,)
+                active = to_centers < slack * radius_sq[:t]  # (t,) bool
+                ids = np.flatnonzero(active[owner])  # (n_a,) points of those cells
+                rows_read += ids.size
+                dist = _sq_dist_to(points.take(ids, axis=0), sq[ids], c, c_sq)  # (n_a,)
+                closer = dist < min_dist[ids]
+                moved = ids[closer]
+                min_dist[moved] = dist[closer]
+                owner[moved] = t
+                min_dist[idx] = 0.0
+                owner[idx] = t
+                # New radii of the cells that changed (the active ones and cell t): the max
+                # distance of their members, all of which are in ids (a cell keeps its own
+                # center, so none is left empty; idx itself is in ids unless its distance is 0).
+                radius_sq[:t][active] = 0.0
+                radius_sq[t] = 0.0
+                np.maximum.at(radius_sq, owner[ids], min_dist[ids])
+            idx = int(min_dist.argmax())
 
+    result = torch.from_numpy(selected)
     if not return_stats:
-        return selected
+        return result
     stats = {
-        "covering_radius": float(min_dist.max().sqrt()),
-        "mean_fraction_read": points_read / (n * n_select),
+        "covering_radius": float(np.sqrt(min_dist.max())),
+        "mean_fraction_read": rows_read / (n * n_select),
         "seconds": time.perf_counter() - start_time,
     }
-    return selected, stats
+    return result, stats
 
 
 # --------------------------------------------------------------------------------------
@@ -553,7 +588,8 @@ class PatchCorePredictor:
 
         Returns:
             Stats: image/patch counts, feature dimension, bank size, the coreset method and
-            its covering radius (greedy), and seconds spent on features and on the coreset.
+            its covering radius (greedy, in the selection space), the mean fraction of rows
+            the pruned greedy read per step, and seconds spent on features and on the coreset.
 
         Raises:
             PRNError: no image, or an image that breaks the input contract.
@@ -576,6 +612,7 @@ class PatchCorePredictor:
         n = features.shape[0]
         m = max(1, round(cfg.coreset_fraction * n))
         stats: dict = {}
+        selection_dim = None  # dimension the greedy selection ran in
         if m == n:
             index = torch.arange(n)
             method = "none"
@@ -583,9 +620,11 @@ class PatchCorePredictor:
             index = random_coreset(n, m, cfg.seed)
             method = "random"
         else:
-            selection_space = features
+            selection_space = features  # (N, D)
             if cfg.projection_dim is not None and cfg.projection_dim < features.shape[1]:
+                # (N, k): distances preserved up to JL distortion; only used to choose points.
                 selection_space = features @ random_projection(features.shape[1], cfg.projection_dim, cfg.seed)
+            selection_dim = int(selection_space.shape[1])
             if progress:
                 print(f"  patchcore: greedy coreset, {m} of {n} patches in "
                       f"{selection_space.shape[1]} dims", file=sys.stderr, flush=True)
@@ -602,10 +641,8 @@ class PatchCorePredictor:
             "bank_size": int(m),
             "coreset": method,
             "coreset_fraction": cfg.coreset_fraction,
-            "selection_dim": (cfg.projection_dim if method == "greedy" and cfg.projection_dim
-                              and cfg.projection_dim < features.shape[1] else
-                              int(features.shape[1]) if method == "greedy" else None),
-            "covering_radius_projected": stats.get("covering_radius"),
+            "selection_dim": selection_dim,
+            "covering_radius": stats.get("covering_radius"),  # in the selection space
             "mean_fraction_read": stats.get("mean_fraction_read"),
             "seconds_features": t1 - t0,
             "seconds_coreset": t2 - t1,

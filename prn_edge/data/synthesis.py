@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from prn_edge.data.perlin import perlin_noise
+from prn_edge.data.mvtec import load_image
 from prn_edge.errors import DataError, PRNError, require
+from prn_edge.runtime.preprocess import resize_image
 
 kornia = require("kornia", "anomaly synthesis")
 
@@ -765,7 +767,6 @@ def load_textures(folder: str | Path, size: int = 256, limit: int | None = None,
     Raises:
         DataError: no readable images under ``folder``, or an unreadable file.
     """
-    cv2 = require("cv2", "loading DTD textures")
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"texture folder {root} does not exist (CLI: --textures; API: load_textures(folder))")
@@ -781,16 +782,8 @@ def load_textures(folder: str | Path, size: int = 256, limit: int | None = None,
             files = [files[i] for i in keep]
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(files):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DataError(f"cannot read texture {path}: remove or replace the file")
-        h, w = bgr.shape[:2]
-        scale = size / min(h, w)
-        new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        bgr = cv2.resize(bgr, (new_w, new_h), interpolation=interp)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        out[i] = cv2.cvtColor(bgr[top:top + size, left:left + size], cv2.COLOR_BGR2RGB)
+        # The shared reader and resize policy: shorter side to ``size``, centre square.
+        out[i] = resize_image(load_image(path, size=None), size, "center-crop")
     textures = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()    # (T, 3, size, size)
     if dtype == torch.uint8:
         return textures

@@ -7,6 +7,11 @@ The command is a thin view of the API::
     result = evaluate(predictor, category, exclude=seen_anomalies_from(predictor.checkpoint, category))
     write_report(result, out)
 
+``--baseline patchcore`` scores the unsupervised PatchCore baseline
+(:mod:`prn_edge.baseline.patchcore`, fitted on the category's ``train/good`` images) through
+the same evaluation instead; ``--seen-from CHECKPOINT`` then leaves out that PRN
+checkpoint's seen anomalies, so that both are scored on the same images.
+
 Every user error (a missing checkpoint, a bad data folder, an unwritable output folder) is
 one line ``prn-eval: error: ...`` and exit status 2, and leaves no output behind: the
 output folder is created only once the evaluation and the figures have succeeded.
@@ -21,20 +26,13 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from prn_edge.cli import EXIT_USER_ERROR, run_cli
+from prn_edge.cli import ArgumentParser, run_cli
 from prn_edge.errors import PRNError
 
 PROG = "prn-eval"
+BASELINES = ("patchcore",)
 
 __all__ = ["build_parser", "main"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors, like every other user error of the tool."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR)
 
 
 def _positive_int(text: str) -> int:
@@ -49,24 +47,32 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``prn-eval``."""
-    p = _Parser(
+    p = ArgumentParser(
         prog=PROG,
-        description="Evaluate a PRN checkpoint on one MVTec-layout category (test/<type>, ground_truth/<type>): "
-                    "image AUROC, pixel AUROC, PRO (FPR up to 0.3) and pixel AP, overall and per defect type, "
-                    "at the model's input size. The seen anomalies the checkpoint trained on (recorded in its "
-                    "metadata) are left out of the evaluation. Writes OUT/metrics.json, report.md, roc.png, "
-                    "pr.png and cases.png.",
+        description="Evaluate a PRN checkpoint (or the PatchCore baseline) on one MVTec-layout category "
+                    "(test/<type>, ground_truth/<type>): image AUROC, pixel AUROC, PRO (FPR up to 0.3) and "
+                    "pixel AP, overall and per defect type, at the model's input size. The seen anomalies the "
+                    "checkpoint trained on (recorded in its metadata) are left out of the evaluation. Writes "
+                    "OUT/metrics.json, report.md, roc.png, pr.png and cases.png.",
         epilog="examples:\n"
                "  prn-eval --checkpoint runs/bottle/checkpoint.pt --data ../shared/data/mvtec_ad/bottle "
                "--out runs/bottle/eval\n"
                "  prn-eval --checkpoint ckpt.pt --data DIR --out /tmp/quick --limit 2   # quick check, "
                "2 images per type\n"
-               "  prn-eval --checkpoint ckpt.pt --data DIR --out OUT --device cuda --batch-size 32\n\n"
+               "  prn-eval --checkpoint ckpt.pt --data DIR --out OUT --device cuda --batch-size 32\n"
+               "  prn-eval --baseline patchcore --seen-from ckpt.pt --data DIR --out OUT   # side by side\n\n"
                "Python: prn_edge.eval.evaluate.evaluate(TorchPRNPredictor.from_checkpoint(...), "
                "scan_category(...), exclude=...)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="FILE",
-                   help="checkpoint.pt written by prn-train (or save_checkpoint)")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, metavar="FILE",
+                       help="checkpoint.pt written by prn-train (or save_checkpoint)")
+    model.add_argument("--baseline", choices=BASELINES,
+                       help="instead of a checkpoint, fit and score an unsupervised baseline on the "
+                            "category's train/good images (CPU)")
+    p.add_argument("--seen-from", type=Path, metavar="FILE",
+                   help="with --baseline: leave out the seen anomalies recorded in this PRN checkpoint, "
+                        "so the baseline is scored on the same images as that model")
     p.add_argument("--data", required=True, type=Path, metavar="DIR",
                    help="category folder in the MVTec layout, e.g. ../shared/data/mvtec_ad/bottle")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
@@ -108,28 +114,73 @@ def _check_out_dir(out: Path) -> None:
         os.unlink(name)
 
 
+def _make_predictor(args: argparse.Namespace):
+    """Load what can be loaded cheaply, before any long computation.
+
+    Returns:
+        ``(predictor, seen_source, notes)``: the PRN predictor (None for a baseline, which is
+        fitted later), the checkpoint whose seen anomalies to leave out (None: nothing to
+        leave out), and notes for the report.
+    """
+    from prn_edge.eval.predictors import TorchPRNPredictor
+
+    if args.checkpoint is not None:
+        if args.seen_from is not None:
+            raise PRNError("--seen-from is for --baseline only: a checkpoint's own seen anomalies "
+                           "are always left out")
+        predictor = TorchPRNPredictor.from_checkpoint(args.checkpoint, device=args.device)
+        return predictor, predictor.checkpoint, []
+
+    from prn_edge.checkpoint import load_checkpoint
+
+    if args.device != "cpu":
+        raise PRNError(f"--baseline {args.baseline} runs on the CPU only (PatchCorePredictor has no "
+                       "device option); drop --device")
+    seen_source = load_checkpoint(args.seen_from) if args.seen_from is not None else None
+    notes = [] if seen_source is not None else [
+        f"the {args.baseline} baseline is scored on the whole test split; pass --seen-from CHECKPOINT to "
+        "leave out a PRN model's seen anomalies and compare both on the same images"]
+    return None, seen_source, notes
+
+
+def _fit_baseline(args: argparse.Namespace, category):
+    """Fit the baseline on ``train/good`` (after every cheap check has passed)."""
+    from prn_edge.baseline.patchcore import PatchCorePredictor
+
+    predictor = PatchCorePredictor.fit_category(category, progress=not args.no_progress)
+    info = {"baseline": args.baseline, "config": predictor.config.to_dict(), "fit": dict(predictor.fit_stats)}
+    return predictor, info
+
+
 def _run(args: argparse.Namespace) -> int:
     # Imports here keep `prn-eval --help` fast and torch-free.
     from prn_edge.data.mvtec import scan_category
     from prn_edge.eval.evaluate import evaluate, seen_anomalies_from
-    from prn_edge.eval.predictors import TorchPRNPredictor
     from prn_edge.eval.report import render_report, summary_text, write_report
 
     out = args.out.expanduser()
     _check_out_dir(out)
     category = scan_category(args.data)
-    predictor = TorchPRNPredictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictor, seen_source, notes = _make_predictor(args)
 
     # Warnings (e.g. no seen-anomaly record) are shown now and stated in the report.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        exclude = seen_anomalies_from(predictor.checkpoint, category)
-    notes = [str(w.message) for w in caught]
+    exclude: set[str] = set()
+    if seen_source is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            exclude = seen_anomalies_from(seen_source, category)
+        notes += [str(w.message) for w in caught]
     for note in notes:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
 
+    info = {}
+    if predictor is None:  # the baseline: fitted only now, once the inputs are known to be good
+        predictor, info = _fit_baseline(args, category)
     result = evaluate(predictor, category, exclude=exclude, batch_size=args.batch_size,
                       progress=not args.no_progress, limit_per_type=args.limit)
+    result.info.update(info)
+    if seen_source is not None and args.baseline is not None and seen_source.sha256:
+        result.info["seen_from_sha256"] = seen_source.sha256
     rendered = render_report(result, notes)       # everything in memory first
     written = write_report(result, out, notes, rendered=rendered)
     print(summary_text(result, written, notes))

@@ -61,10 +61,12 @@ class EvaluationResult:
         excluded: the excluded (seen) samples, sorted.
         limit_per_type: at most this many images per type were evaluated (None: all).
         batch_size: images per ``predict`` call.
-        seconds_predict: time spent inside ``predictor.predict`` (the first batch's warm-up
-            included).
+        seconds_predict: time spent inside ``predictor.predict``, all batches.
+        batch_seconds: time of each ``predict`` call, in order.
         seconds_total: wall time of the whole evaluation (reading images, scoring, metrics).
-        info: extra facts about the predictor worth reporting (device, checkpoint SHA-256).
+        info: extra facts about the predictor worth reporting, plain data (``device`` and
+            ``checkpoint_sha256`` when the predictor has them; callers may add more, e.g. a
+            baseline's settings: they go to ``metrics.json`` under ``predictor_info``).
     """
 
     predictor: str
@@ -85,6 +87,7 @@ class EvaluationResult:
     batch_size: int
     seconds_predict: float
     seconds_total: float
+    batch_seconds: list[float] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,9 +95,23 @@ class EvaluationResult:
         return len(self.samples)
 
     @property
+    def warmup_excluded(self) -> bool:
+        """Whether :attr:`images_per_second` leaves out the first batch (it does with 2+ batches)."""
+        return len(self.batch_seconds) >= 2
+
+    @property
     def images_per_second(self) -> float:
-        """Throughput of the predictor alone: images / seconds inside ``predict``."""
-        return self.num_images / self.seconds_predict if self.seconds_predict > 0 else float("inf")
+        """Steady throughput of the predictor alone: images / seconds inside ``predict``.
+
+        The first batch is left out when there are several: it pays one-time costs
+        (oneDNN primitive creation on CPU, cuDNN autotuning, lazy allocations) that would
+        make short runs look several times slower than they are.
+        """
+        images, seconds = self.num_images, self.seconds_predict
+        if self.warmup_excluded:
+            images -= min(self.batch_size, self.num_images)
+            seconds -= self.batch_seconds[0]
+        return images / seconds if seconds > 0 else float("inf")
 
 
 # --------------------------------------------------------------------------- sample names
@@ -281,7 +298,7 @@ def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable
     maps = np.empty((n, size, size), dtype=np.float32)   # (N, S, S)
     masks = np.empty((n, size, size), dtype=bool)        # (N, S, S)
     scores = np.empty(n, dtype=np.float32)               # (N,)
-    seconds_predict = 0.0
+    batch_seconds: list[float] = []
     bar = _progress_bar(n, f"{predictor.name} on {category.name}", progress)
     evaluated: list[str] = []
     try:
@@ -293,7 +310,7 @@ def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable
             check_images(images, size)
             t0 = time.perf_counter()
             batch_maps, batch_scores = predictor.predict(images)
-            seconds_predict += time.perf_counter() - t0
+            batch_seconds.append(time.perf_counter() - t0)
             maps[lo:hi], scores[lo:hi] = check_prediction(predictor.name, batch_maps, batch_scores,
                                                           hi - lo, size)
             evaluated.extend(paths[lo:hi])
@@ -328,5 +345,5 @@ def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable
         samples=samples, paths=paths, scores=scores, labels=labels, defect_types=types, maps=maps,
         masks=masks, metrics=overall, per_type=per_type, excluded=excluded,
         limit_per_type=None if limit_per_type is None else int(limit_per_type),
-        batch_size=int(batch_size), seconds_predict=seconds_predict,
-        seconds_total=time.perf_counter() - start, info=info)
+        batch_size=int(batch_size), seconds_predict=float(sum(batch_seconds)),
+        seconds_total=time.perf_counter() - start, batch_seconds=batch_seconds, info=info)

@@ -97,8 +97,12 @@ def metrics_dict(result: EvaluationResult, notes: tuple[str, ...] | list[str] = 
         data["checkpoint_sha256"] = result.info["checkpoint_sha256"]
     if result.info.get("device"):
         data["device"] = result.info["device"]
+    extra = {k: v for k, v in result.info.items() if k not in ("checkpoint_sha256", "device")}
+    if extra:  # e.g. a baseline's settings and fit statistics (plain data)
+        data["predictor_info"] = extra
     data.update({
         "images_per_second": float(result.images_per_second),
+        "images_per_second_excludes_first_batch": result.warmup_excluded,
         "batch_size": result.batch_size,
         "seconds_predict": float(result.seconds_predict),
         "seconds_total": float(result.seconds_total),
@@ -157,7 +161,7 @@ def render_markdown(result: EvaluationResult, notes: tuple[str, ...] | list[str]
                      f"{_pct(m.pro)} | {_pct(m.ap)} |")
     ref = PAPER_REFERENCE.get(result.category)
     if ref is not None:
-        lines.append(f"| *paper (PRN, CVPR 2023)* | full test set minus 10 seen | "
+        lines.append("| *paper (PRN, CVPR 2023)* | full test set minus 10 seen | "
                      + " | ".join(_pct(v) for v in ref) + " |")
         lines += ["", f"Reference: the paper reports {' / '.join(_pct(v) for v in ref)} (image AUROC / "
                   f"pixel AUROC / PRO / AP) on MVTec AD {result.category}, with a ResNet-18 PRN trained "
@@ -175,7 +179,9 @@ def render_markdown(result: EvaluationResult, notes: tuple[str, ...] | list[str]
     lines += ["", "## Speed", "",
               f"{result.images_per_second:.2f} images/s inside the predictor (batch {result.batch_size}"
               + (f", device {result.info['device']}" if result.info.get("device") else "")
-              + f", first batch's warm-up included); {result.seconds_total:.1f} s for the whole "
+              + (", first batch (warm-up) left out" if result.warmup_excluded else
+                 ", one batch only: warm-up included")
+              + f"); {result.seconds_total:.1f} s for the whole "
               "evaluation (reading images and metrics included).",
               "", "## Figures", "",
               "- `roc.png`: image-level and pixel-level ROC",
@@ -321,7 +327,9 @@ def render_report(result: EvaluationResult, notes: tuple[str, ...] | list[str] =
     Raises:
         PRNError: matplotlib missing, or images unreadable for ``cases.png``.
     """
-    text = json.dumps(metrics_dict(result, notes), indent=2) + "\n"
+    # numpy scalars a caller put into result.info become plain numbers, anything else text.
+    text = json.dumps(metrics_dict(result, notes), indent=2,
+                      default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n"
     return {
         "metrics.json": text.encode(),
         "report.md": render_markdown(result, notes).encode(),
@@ -401,12 +409,13 @@ def summary_text(result: EvaluationResult, written: list[Path] | None = None,
                      f"{_pct(m.pro):>8}  {_pct(m.ap):>5}")
     ref = PAPER_REFERENCE.get(result.category)
     if ref is not None:
-        lines.append(f"{'paper':{name_w}}  {'':>14}  {_pct(ref[0]):>9}  {_pct(ref[1]):>8}  "
+        lines.append(f"{'paper (ref.)':{name_w}}  {'':>14}  {_pct(ref[0]):>9}  {_pct(ref[1]):>8}  "
                      f"{_pct(ref[2]):>8}  {_pct(ref[3]):>5}")
     lines.append(f"PRO: area under the per-region-overlap curve up to FPR {limit:g}, divided by {limit:g}")
     device = f", {result.info['device']}" if result.info.get("device") else ""
+    warmup = "first batch left out" if result.warmup_excluded else "warm-up included"
     lines.append(f"speed: {result.images_per_second:.2f} images/s in the predictor (batch "
-                 f"{result.batch_size}{device}); {result.seconds_total:.1f} s in all")
+                 f"{result.batch_size}{device}, {warmup}); {result.seconds_total:.1f} s in all")
     for note in notes:
         lines.append(f"warning: {note}")
     if written:

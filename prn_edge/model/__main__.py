@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from prn_edge.cli import run_cli
+from prn_edge.cli import ArgumentParser, run_cli
 from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES, get_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m prn_edge.model",
         description="Summarise a PRN configuration: output shape of every stage, trainable and frozen "
                     "parameters, GFLOPs per image, and the size of the prototype banks for K prototypes. "

