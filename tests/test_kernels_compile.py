@@ -166,7 +166,7 @@ def test_python_plans_match_the_cpp_header(tmp_path):
     cpp = [json.loads(line) for line in proc.stdout.splitlines()]
     py = [_py_proto(*s) for s in PROTO_SHAPES] + [_py_msa(*s) for s in MSA_SHAPES]
     assert len(cpp) == len(py)
-    for shape, a, b in zip(PROTO_SHAPES + MSA_SHAPES, cpp, py):
+    for shape, a, b in zip(PROTO_SHAPES + MSA_SHAPES, cpp, py, strict=True):
         assert a == b, f"plan mismatch for {shape}: C++ {a} vs Python {b}"
     assert sum(p is None for p in py) > 0  # some shapes are rejected by both (e.g. 2^(h-1) * W > 2048)
 

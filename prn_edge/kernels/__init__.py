@@ -20,8 +20,9 @@ from prn_edge.errors import PRNError
 from prn_edge.kernels._plan import MsaPlan, ProtoPlan, msa_plan, proto_plan
 from prn_edge.kernels._source import KERNEL_FILES, constants, kernels_dir, load_source
 
-__all__ = ["proto_residual", "multi_size_attention", "fused_available", "KERNEL_FILES", "kernels_dir",
-           "load_source", "constants", "proto_plan", "msa_plan", "ProtoPlan", "MsaPlan"]
+__all__ = ["proto_residual", "multi_size_attention", "prepare_proto_residual", "prepare_multi_size_attention",
+           "fused_available", "KERNEL_FILES", "kernels_dir", "load_source", "constants", "proto_plan", "msa_plan",
+           "ProtoPlan", "MsaPlan"]
 
 
 def proto_residual(features, bank, bank_sqnorm, mode="abs", *, out=None, return_index: bool = False):
@@ -61,6 +62,22 @@ def multi_size_attention(qkv, num_heads: int = 4, *, out=None):
         PRNError: CuPy missing, inputs not on a CUDA device, or shapes the kernels do not take.
     """
     return _impl().multi_size_attention(qkv, num_heads, out=out)
+
+
+def prepare_proto_residual(features, bank, bank_sqnorm, mode="abs", *, out=None, return_index: bool = False):
+    """:func:`proto_residual` split in two: checks, plan and allocations now; launches on call.
+
+    Returns:
+        A callable that (re)launches the kernels on the same buffers and returns what
+        :func:`proto_residual` would (with ``return_index``, the index is a view of the workspace,
+        valid until the next call). For benchmarks and loops over fixed buffers.
+    """
+    return _impl().prepare_proto_residual(features, bank, bank_sqnorm, mode, out=out, return_index=return_index)
+
+
+def prepare_multi_size_attention(qkv, num_heads: int = 4, *, out=None):
+    """:func:`multi_size_attention` split in two: checks, plan and allocations now; launches on call."""
+    return _impl().prepare_multi_size_attention(qkv, num_heads, out=out)
 
 
 def fused_available() -> tuple[bool, str]:

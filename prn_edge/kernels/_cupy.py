@@ -127,7 +127,31 @@ def _float_dtype(cp, arr, name: str):
     return arr.dtype
 
 
-def proto_residual(features, bank, bank_sqnorm, mode="abs", *, out=None, return_index: bool = False):
+class Prepared:
+    """The kernel launches of one call, bound to its buffers: calling it launches them again.
+
+    ``prepare_*`` does the checks, the conversions, the plan and the allocations once; the
+    returned object only launches (3 kernels, a few microseconds of Python), on the stream of the
+    original call. ``result`` is what the one-shot function returns. For benchmarks and for
+    repeated calls on the same buffers (or CUDA-graph capture).
+    """
+
+    def __init__(self, call: "_Call", launches, result, keep):
+        self._stream = call.stream
+        self._device = call.device
+        self._launches = launches
+        self.result = result
+        self._keep = keep  # the CuPy views and the workspace must outlive the launches
+
+    def __call__(self):
+        with self._device, (self._stream if self._stream is not None else nullcontext()):
+            for kernel, grid, block, args in self._launches:
+                kernel(grid, block, args)
+        return self.result
+
+
+def prepare_proto_residual(features, bank, bank_sqnorm, mode="abs", *, out=None,
+                           return_index: bool = False) -> Prepared:
     cp = cupy()
     if mode not in _MODES:
         raise PRNError(f"unknown residual mode {mode!r}: choose 'abs' or 'square'")
@@ -150,22 +174,43 @@ def proto_residual(features, bank, bank_sqnorm, mode="abs", *, out=None, return_
         index = ws[plan.index_offset:plan.index_offset + 4 * B].view(cp.int32)
         suffix = "f16" if dtype == cp.float16 else "f32"
         mod = module("proto_residual.cu")
-        threads = constants()["kThreads"]
+        block = (constants()["kThreads"],)
         i32, i64 = np.int32, np.int64
-        mod.get_function(f"prn_proto_dot_k{plan.kt}_{suffix}")(
-            (plan.slices, plan.kblocks), (threads,),
-            (f, p, ws, i32(B), i32(K), i64(D), i32(plan.wd), i64(plan.per_warp), i32(plan.vec)))
-        mod.get_function("prn_proto_argmin")(
-            (B,), (threads,), (ws, sq, index, i32(B), i32(K), i32(plan.slices)))
-        mod.get_function(f"prn_proto_residual_{suffix}")(
-            (-(-D // (threads * 8)), B), (threads,),
-            (f, p, index, o, i64(D), i32(_MODES[mode]), i32(plan.residual_vec)))
+        launches = [
+            # 1. partial dot products of every image with every prototype, per d-slice
+            (mod.get_function(f"prn_proto_dot_k{plan.kt}_{suffix}"), (plan.slices, plan.kblocks), block,
+             (f, p, ws, i32(B), i32(K), i64(D), i32(plan.wd), i64(plan.per_warp), i32(plan.vec))),
+            # 2. distances and argmin per image
+            (mod.get_function("prn_proto_argmin"), (B,), block,
+             (ws, sq, index, i32(B), i32(K), i32(plan.slices))),
+            # 3. the residual to the chosen prototype
+            (mod.get_function(f"prn_proto_residual_{suffix}"), (-(-D // (block[0] * 8)), B), block,
+             (f, p, index, o, i64(D), i32(_MODES[mode]), i32(plan.residual_vec))),
+        ]
+        value = result if out is not None else call.back(o)
         if return_index:
-            return result if out is not None else call.back(o), call.back(index.copy())
-        return result if out is not None else call.back(o)
+            value = (value, index)
+        return Prepared(call, launches, value, (f, p, sq, o, ws))
 
 
-def multi_size_attention(qkv, num_heads: int = 4, *, out=None):
+def proto_residual(features, bank, bank_sqnorm, mode="abs", *, out=None, return_index: bool = False):
+    prepared = prepare_proto_residual(features, bank, bank_sqnorm, mode, out=out, return_index=return_index)
+    value = prepared()
+    if return_index:  # a copy: the index lives in the workspace, which is freed with `prepared`
+        with prepared._device, (prepared._stream if prepared._stream is not None else nullcontext()):
+            residual, index = value
+            return residual, _back(index.copy(), torch_kind=_is_torch(features))
+    return value
+
+
+def _back(arr, torch_kind: bool):
+    if torch_kind:
+        import torch
+        return torch.from_dlpack(arr)
+    return arr
+
+
+def prepare_multi_size_attention(qkv, num_heads: int = 4, *, out=None) -> Prepared:
     cp = cupy()
     with _Call(qkv) as call:
         x = call.array(qkv, "qkv")
@@ -182,15 +227,23 @@ def multi_size_attention(qkv, num_heads: int = 4, *, out=None):
         suffix = "f16" if dtype == cp.float16 else "f32"
         mod = module("multi_size_attention.cu")
         k = constants()
+        block = (k["kThreads"],)
         i32 = np.int32
         vec = i32(1 if plan.vec > 1 else 0)
-        mod.get_function(f"prn_msa_scores_{suffix}")(
-            (plan.score_blocks, B), (k["kThreads"],),
-            (x, ws, i32(num_heads), i32(plan.c), i32(H), vec, *sp))
-        mod.get_function("prn_msa_softmax")(
-            (-(-plan.rows_per_image // k["kWarps"]), B), (k["kThreads"],),
-            (ws, weights, i32(num_heads), i32(plan.c), i32(H), *sp, i32(dtype == cp.float16)))
-        mod.get_function(f"prn_msa_output_{suffix}")(
-            (plan.out_blocks, B), (k["kThreads"],),
-            (x, weights, o, i32(num_heads), i32(plan.c), i32(H), vec, *gr))
-        return result if out is not None else call.back(o)
+        launches = [
+            # 1. partial scores Q K^T of every head over slices of d
+            (mod.get_function(f"prn_msa_scores_{suffix}"), (plan.score_blocks, B), block,
+             (x, ws, i32(num_heads), i32(plan.c), i32(H), vec, *sp)),
+            # 2. sum of the slices, / d, softmax
+            (mod.get_function("prn_msa_softmax"), (-(-plan.rows_per_image // k["kWarps"]), B), block,
+             (ws, weights, i32(num_heads), i32(plan.c), i32(H), *sp, i32(dtype == cp.float16))),
+            # 3. weights @ V, folded back into (B, heads*c, H, W)
+            (mod.get_function(f"prn_msa_output_{suffix}"), (plan.out_blocks, B), block,
+             (x, weights, o, i32(num_heads), i32(plan.c), i32(H), vec, *gr)),
+        ]
+        value = result if out is not None else call.back(o)
+        return Prepared(call, launches, value, (x, o, ws))
+
+
+def multi_size_attention(qkv, num_heads: int = 4, *, out=None):
+    return prepare_multi_size_attention(qkv, num_heads, out=out)()

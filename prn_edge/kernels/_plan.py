@@ -8,6 +8,7 @@ with g++ and compares). Keep the two line for line; the constants come from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from prn_edge.errors import PRNError
 from prn_edge.kernels._source import constants
@@ -42,6 +43,7 @@ class ProtoPlan:
     workspace_bytes: int
 
 
+@lru_cache(maxsize=256)
 def proto_plan(B: int, K: int, D: int, itemsize: int, aligned: bool) -> ProtoPlan:
     """Plan ProtoResidual for features (B, D) and a bank (K, D) of ``itemsize``-byte floats.
 
@@ -103,6 +105,7 @@ class MsaPlan:
     workspace_bytes: int
 
 
+@lru_cache(maxsize=256)
 def msa_plan(B: int, heads: int, channels: int, H: int, W: int, itemsize: int, aligned: bool) -> MsaPlan:
     """Plan MultiSizeAttention for qkv (B, channels, H, W) of ``itemsize``-byte floats.
 
@@ -134,8 +137,9 @@ def msa_plan(B: int, heads: int, channels: int, H: int, W: int, itemsize: int, a
         sp = min(k["kMsaMaxSplits"], us, chw // k["kMsaScoreBlockElems"], ds * itemsize // (16 * ns))
         sp = max(1, sp)
         gr = max(1, min(us, _ceil_div(chw, k["kMsaOutBlockElems"])))
-        n.append(ns); p.append(ps); d.append(ds); units.append(us); splits.append(sp); groups.append(gr)
-        poff.append(per_image); woff.append(weights)
+        for values, value in ((n, ns), (p, ps), (d, ds), (units, us), (splits, sp), (groups, gr),
+                              (poff, per_image), (woff, weights)):
+            values.append(value)
         per_image += sp * ns * ns
         weights += ns * ns
         rows += ns

@@ -78,6 +78,7 @@ def load_source(name: str, directory: Path | None = None) -> str:
     return expand(name)
 
 
+@lru_cache(maxsize=None)
 def constants(directory: Path | None = None) -> dict[str, int]:
     """The ``constexpr int`` values of ``prn_constants.h`` (threads, tiles, plan targets)."""
     text = _read((directory or kernels_dir()) / "prn_constants.h")
