@@ -36,16 +36,18 @@ class Experiment:
 EXPERIMENTS = [
     Experiment("bottle-edge", "mvtec_ad/bottle", 360, ["--config", "edge"], (60, 120, 240),
                "edge preset (Lite0, 1 MSA layer, decoder at 64x64), residual abs"),
-    Experiment("bottle-paper-lite0", "mvtec_ad/bottle", 100, ["--config", "paper", "--backbone", "efficientnet_lite0"],
-               (50, 100), "paper preset (3 MSA layers, full-size decoder) on the offline Lite0 backbone"),
+    Experiment("bottle-paper-lite0", "mvtec_ad/bottle", 60, ["--config", "paper", "--backbone", "efficientnet_lite0"],
+               (30,), "paper preset (3 MSA layers, full-size decoder) on the offline Lite0 backbone"),
     Experiment("bottle-edge-square", "mvtec_ad/bottle", 120, ["--config", "edge", "--residual", "square"], (),
                "ablation: residual square instead of abs (compare with bottle-edge at step 120)"),
     Experiment("bottle-edge-no-ea", "mvtec_ad/bottle", 120, ["--config", "edge", "--no-ea"], (),
                "ablation: without extended anomalies (compare with bottle-edge at step 120)"),
     Experiment("bottle-edge-no-sa", "mvtec_ad/bottle", 120, ["--config", "edge", "--no-sa"], (),
                "ablation: without simulated anomalies (compare with bottle-edge at step 120)"),
-    Experiment("tile-edge", "magnetic_tile", 360, ["--config", "edge"], (120, 240),
+    Experiment("tile-edge", "magnetic_tile", 240, ["--config", "edge"], (120,),
                "edge preset on magnetic tile (texture: foreground = whole image)"),
+    Experiment("tile-paper-lite0", "magnetic_tile", 60, ["--config", "paper", "--backbone", "efficientnet_lite0"],
+               (), "paper preset on magnetic tile, offline Lite0 backbone"),
 ]
 
 

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="an MVTec-layout category folder")
     parser.add_argument("--out", type=Path, required=True, help="report folder (created)")
-    parser.add_argument("--coreset", choices=("greedy", "random"), default="greedy")
+    parser.add_argument("--coreset", choices=("random", "greedy"), default="random",
+                        help="coreset method (random: the default, see prn_edge/baseline/patchcore.py)")
     parser.add_argument("--fraction", type=float, default=0.1, help="coreset fraction of the patches (0.1)")
     parser.add_argument("--projection-dim", type=int, default=128,
                         help="random-projection dims for the greedy selection; 0 = full features (128)")

@@ -68,12 +68,22 @@ def _covering_radius(points: torch.Tensor, index: torch.Tensor) -> float:
     return float(torch.cdist(points.double(), points[index].double()).min(dim=1).values.max())
 
 
-def test_greedy_coreset_matches_reference_and_beats_random():
+@pytest.mark.parametrize("kind", ["gaussian", "clustered"])
+def test_greedy_coreset_matches_reference(kind):
+    # Isotropic Gaussian: concentrated distances, most steps take the dense branch.
+    # Clustered: most steps read a few cells only.
+    g = torch.Generator().manual_seed(5)
+    points = torch.randn(2000, 32, generator=g) if kind == "gaussian" else _clustered(2000)
+    fast, stats = greedy_coreset(points, 150, seed=1, return_stats=True)
+    assert torch.equal(fast, greedy_coreset_reference(points, 150, seed=1))  # the pruning is exact
+    if kind == "clustered":
+        assert stats["mean_fraction_read"] < 0.5
+
+
+def test_greedy_coreset_covers_better_than_random():
     points = _clustered()
     m = 100
     fast, stats = greedy_coreset(points, m, seed=0, return_stats=True)
-    ref = greedy_coreset_reference(points, m, seed=0)
-    assert torch.equal(fast, ref)  # the pruning is exact
     assert fast.dtype == torch.long and len(set(fast.tolist())) == m
     assert 0 < stats["mean_fraction_read"] < 1
     greedy_radius = _covering_radius(points, fast)
@@ -157,7 +167,8 @@ def lite0():
 def fitted(bottle_small, lite0):
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     train, images, _, _ = bottle_small
-    predictor = PatchCorePredictor(PatchCoreConfig(), backbone=lite0)
+    # Greedy (not the default) here: the harder path; the default is checked below.
+    predictor = PatchCorePredictor(PatchCoreConfig(coreset="greedy"), backbone=lite0)
     stats = predictor.fit(train[i:i + 10] for i in range(0, N_TRAIN, 10))
     maps, scores = predictor.predict(images)
     return predictor, stats, maps, scores
@@ -192,22 +203,23 @@ def test_defects_score_higher_and_maps_localise(fitted, bottle_small):
 def test_fit_is_deterministic(fitted, bottle_small, lite0):
     predictor, _, maps, scores = fitted
     train, images, _, _ = bottle_small
-    again = PatchCorePredictor(PatchCoreConfig(), backbone=lite0)
+    again = PatchCorePredictor(PatchCoreConfig(coreset="greedy"), backbone=lite0)
     again.fit(train[i:i + 10] for i in range(0, N_TRAIN, 10))  # the fixture's batches
     assert torch.equal(again.model.memory_bank, predictor.model.memory_bank)
-    maps2, scores2 = again.predict(images)
-    np.testing.assert_array_equal(scores2, scores)
-    np.testing.assert_array_equal(maps2, maps)
+    # Another batch size may change the convolution's rounding, not more.
+    maps2, scores2 = again.predict(images[:2])
+    np.testing.assert_allclose(scores2, scores[:2], rtol=1e-5)
+    np.testing.assert_allclose(maps2, maps[:2], rtol=1e-5, atol=1e-5)
 
 
 def test_random_coreset_fit_from_one_array(bottle_small, lite0):
-    train = bottle_small[0][:4]  # one (B, S, S, 3) array instead of an iterable of batches
+    train = bottle_small[0][:2]  # one (B, S, S, 3) array instead of an iterable of batches
     banks = []
     for seed in (0, 0, 1):
-        predictor = PatchCorePredictor(PatchCoreConfig(coreset="random", seed=seed), backbone=lite0)
+        predictor = PatchCorePredictor(PatchCoreConfig(seed=seed), backbone=lite0)  # default: random
         stats = predictor.fit(train)
-        assert stats["images"] == 4 and stats["coreset"] == "random" and stats["selection_dim"] is None
-        assert stats["bank_size"] == round(0.1 * 4 * 32 * 32)
+        assert stats["images"] == 2 and stats["coreset"] == "random" and stats["selection_dim"] is None
+        assert stats["bank_size"] == round(0.1 * 2 * 32 * 32)
         banks.append(predictor.model.memory_bank)
     assert torch.equal(banks[0], banks[1]) and not torch.equal(banks[0], banks[2])
 
