@@ -30,7 +30,7 @@ import torch
 
 from prn_edge import __version__
 from prn_edge.config import PRNConfig
-from prn_edge.errors import CheckpointError, PRNError
+from prn_edge.errors import CheckpointError, PRNError, first_line
 from prn_edge.io import atomic_write
 
 FORMAT = "prn-edge-checkpoint"
@@ -148,10 +148,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"run code when unpickled ({_unsupported_global(exc)})") from exc
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted file: "
-                              f"{_first_line(exc)})") from exc
+                              f"{first_line(exc)})") from exc
     except Exception as exc:  # torch raises many types for damaged archives; all mean the same here
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                              f"{_first_line(exc)})") from exc
+                              f"{first_line(exc)})") from exc
 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         kind = "a plain state dict or another tool's file" if isinstance(payload, dict) else type(payload).__name__
@@ -201,7 +201,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     try:
         result = model.load_state_dict(ckpt.state_dict, strict=False)
     except RuntimeError as exc:  # size mismatches
-        raise CheckpointError(f"{ckpt.path}: weights do not fit the stored config ({_first_line(exc)})") from exc
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the stored config ({first_line(exc)})") from exc
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:
@@ -221,8 +221,3 @@ def _unsupported_global(exc: BaseException) -> str:
     """The object torch's weights_only unpickler refused (without its advice to trust the file)."""
     match = re.search(r"GLOBAL ([\w.]+)", str(exc))
     return f"it refers to {match.group(1)}" if match else "the weights_only unpickler refused it"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -22,6 +22,12 @@ class DataError(PRNError):
     """A dataset folder or file that cannot be used."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (library errors can run to pages), or its type."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__
+
+
 # What to install for each optional dependency, keyed by top-level module name.
 _INSTALL_HINTS = {
     "torch": "pip install 'prn-edge[train]' (CPU: pip install torch==2.13.0 first)",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from prn_edge.errors import PRNError
+from prn_edge.errors import PRNError, first_line
 from prn_edge.kernels._plan import MsaPlan, ProtoPlan, msa_plan, proto_plan
 from prn_edge.kernels._source import KERNEL_FILES, constants, kernels_dir, load_source
 
@@ -104,8 +104,7 @@ def fused_available() -> tuple[bool, str]:
         for name in KERNEL_FILES:
             _impl().module(name)
     except Exception as exc:  # noqa: BLE001 - NVRTC errors come in several types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return False, f"compiling the kernels with NVRTC failed: {first}"
+        return False, f"compiling the kernels with NVRTC failed: {first_line(exc)}"
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]

@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
                               textures=args.textures, cache_dir=args.cache, progress=progress)
 
     if args.preview is not None:
-        return _preview(args, data, synthesis, batch_size)
+        return _preview(args, data, synthesis)
 
     steps, minutes = args.steps, args.minutes
     if steps is None and minutes is None:
@@ -198,42 +198,42 @@ def _tqdm_wrap(iterable, desc: str = ""):
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _preview(args, data, synthesis, batch_size: int) -> int:
+def _preview(args, data, synthesis) -> int:
     import cv2
     import torch
 
-    from prn_edge.data.synthesis import AnomalySynthesizer, batch_composition, preview_grid
+    from prn_edge.data.synthesis import batch_composition, preview_grid
     from prn_edge.errors import PRNError
     from prn_edge.io import atomic_write
-    from prn_edge.train.trainer import _effective_synthesis
+    from prn_edge.train.trainer import build_synthesizer
 
     if args.preview < 1:
         raise PRNError("--preview N needs N >= 1")
-    n = args.preview
-    # Round up to a batch that holds the normal:EA:SA mix exactly.
-    size = next(b for b in range(n, n + 64) if _fits(b, synthesis, batch_composition))
+    size = _smallest_batch(args.preview, synthesis)
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randint(len(data.normal), (size,), generator=gen)
-    synth = AnomalySynthesizer(data.seen_images if synthesis.use_ea else None,
-                               data.seen_masks if synthesis.use_ea else None, data.textures,
-                               _effective_synthesis(synthesis, data))
-    batch = synth(data.normal[idx].float() / 255.0, data.foreground[idx].float(), gen)
-    grid = preview_grid(batch, columns=4)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    batch = build_synthesizer(data, synthesis)(data.normal[idx].float() / 255.0, data.foreground[idx].float(), gen)
+    _, png = cv2.imencode(".png", cv2.cvtColor(preview_grid(batch, columns=4), cv2.COLOR_RGB2BGR))
     path = args.out / "preview.png"
     with atomic_write(path) as handle:
         handle.write(png.tobytes())
-    print(f"{PROG}: wrote {path} ({size} samples: {', '.join(f'{k} {v}' for k, v in zip(('normal', 'EA', 'SA'), batch_composition(size, synthesis)))})")
+    counts = ", ".join(f"{k} {v}" for k, v in zip(("normal", "EA", "SA"), batch_composition(size, synthesis)))
+    print(f"{PROG}: wrote {path} ({size} samples: {counts})")
     return 0
 
 
-def _fits(b: int, synthesis, batch_composition) -> bool:
+def _smallest_batch(n: int, synthesis) -> int:
+    """The smallest batch of at least ``n`` images that holds the normal:EA:SA mix exactly."""
+    from prn_edge.data.synthesis import batch_composition
     from prn_edge.errors import PRNError
-    try:
-        batch_composition(b, synthesis)
-        return True
-    except PRNError:
-        return False
+
+    for size in range(n, n + 1024):
+        try:
+            batch_composition(size, synthesis)
+            return size
+        except PRNError:
+            continue
+    raise PRNError(f"no batch of {n} to {n + 1023} images holds the synthesis mix exactly")
 
 
 if __name__ == "__main__":

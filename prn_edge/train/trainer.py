@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from prn_edge.checkpoint import save_checkpoint
 from prn_edge.data.synthesis import AnomalySynthesizer, SynthesisConfig, batch_composition
-from prn_edge.errors import CheckpointError, PRNError
+from prn_edge.errors import CheckpointError, PRNError, first_line
 from prn_edge.io import atomic_write
 from prn_edge.model import PRN
 from prn_edge.model.loss import prn_loss
@@ -132,9 +132,7 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.progress = progress and self.dist.is_main
         self.extra_metadata = extra_metadata or {}
-        self.synthesizer = AnomalySynthesizer(
-            data.seen_images if synthesis.use_ea else None, data.seen_masks if synthesis.use_ea else None,
-            data.textures, _effective_synthesis(synthesis, data)).to(device)
+        self.synthesizer = build_synthesizer(data, synthesis).to(device)
         self.normal = data.normal.to(device)             # (N, 3, S, S) uint8
         self.foreground = data.foreground.to(device)     # (N, 1, S, S) bool
         # Per-rank streams: different batches on every rank, repeatable for a seed.
@@ -173,8 +171,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, corrupted or unsafe: all mean "cannot resume"
-            raise CheckpointError(f"{path}: cannot resume from it ({type(exc).__name__}: "
-                                  f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})") from exc
+            raise CheckpointError(f"{path}: cannot resume from it ({type(exc).__name__}: {first_line(exc)})") from exc
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{path}: not a PRN Edge training state")
         if state["config"] != self.model.config.to_dict():
@@ -364,12 +361,14 @@ class Trainer:
             bar.update(min(round(self.elapsed), bar.total) - bar.n)
 
 
-def _effective_synthesis(cfg: SynthesisConfig, data: TrainingData) -> SynthesisConfig:
-    """Without textures there is no heterologous source: all SA become homologous (logged)."""
+def build_synthesizer(data: TrainingData, cfg: SynthesisConfig) -> AnomalySynthesizer:
+    """The run's anomaly synthesizer. Without textures there is no heterologous source, so
+    every simulated anomaly becomes homologous (load_training_data has logged why)."""
     if data.textures is None and cfg.hea_probability > 0:
         from dataclasses import replace
-        return replace(cfg, hea_probability=0.0)
-    return cfg
+        cfg = replace(cfg, hea_probability=0.0)
+    seen_images, seen_masks = (data.seen_images, data.seen_masks) if cfg.use_ea else (None, None)
+    return AnomalySynthesizer(seen_images, seen_masks, data.textures, cfg)
 
 
 def _plain(value: Any) -> Any:
