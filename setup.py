@@ -35,5 +35,7 @@ setup(
     entry_points={"console_scripts": [  # only commands that really work
         "prn-train = prn_edge.train.cli:main",
         "prn-eval = prn_edge.eval.cli:main",
+        "prn-export = prn_edge.export.cli:main",
+        "prn-inspect = prn_edge.runtime.cli:main",
     ]},
 )

@@ -63,3 +63,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def check_output_dir(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """Fail before any work if the folder ``out`` cannot be written, without creating it.
+
+    ``os.access`` is not enough (root passes it everywhere, read-only mounts fool it), so a
+    temporary entry is created and removed in ``out`` or in its nearest existing parent.
+
+    Returns:
+        ``out`` as a Path (user-expanded).
+
+    Raises:
+        PRNError: ``out`` (or a parent) is a file, or the folder is not writable.
+    """
+    out = Path(out).expanduser()
+    probe_dir = out
+    while not probe_dir.exists() and probe_dir.parent != probe_dir:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        where = "it" if probe_dir == out else f"{probe_dir}, a parent of it,"
+        raise PRNError(f"{out}: cannot write here: {where} exists and is not a folder ({flag})")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".prn-probe-", dir=probe_dir)
+    except OSError as exc:
+        raise PRNError(f"{out}: cannot write here: {probe_dir} is not writable "
+                       f"({exc.strerror or exc}); choose another {flag}") from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return out

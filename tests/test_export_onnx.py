@@ -429,3 +429,125 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(edge, tmp_path,
         make_tensorrt_variant(edge["path"], out)
     assert out.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["prn.trt.onnx"]
+
+
+# --------------------------------------------------------------------------------------
+# FP16 and INT8 models (precision lives in the ONNX)
+# --------------------------------------------------------------------------------------
+# FP16 tolerances on the map (probabilities in [0, 1] after an FP32 sigmoid). FP16 storage of
+# the body (11-bit mantissa, relative 4.9e-4 per rounding, ~100 layers) on these random heads,
+# whose maps sit mid-sigmoid where it is steepest, measured 3.3e-2 at the worst pixel and 2.0e-3
+# on average; bounds at about 2x those. The trained bottle model, whose maps saturate, moved at
+# most 4.5e-3 anywhere (benchmarks/results/export.md).
+FP16_MAP_TOL = 6e-2
+FP16_MEAN_MAP_TOL = 4e-3
+FP16_SCORE_TOL = 5e-3
+
+
+def elem_types(model) -> dict[str, int]:
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+@pytest.fixture(scope="module")
+def edge_fp16(edge, tmp_path_factory):
+    from prn_edge.export.fp16 import convert_to_fp16
+
+    model = convert_to_fp16(edge["proto"])
+    path = tmp_path_factory.mktemp("fp16") / "model.fp16.onnx"
+    onnx.save(model, path)
+    return {"proto": model, "path": path}
+
+
+def test_fp16_types_follow_the_policy(edge, edge_fp16):
+    model = edge_fp16["proto"]
+    onnx.checker.check_model(model, full_check=True)
+    types = elem_types(model)
+    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    # I/O unchanged: uint8 in, float32 out.
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [types[o.name] for o in model.graph.output] == [F32, F32]
+    # Every conv runs in FP16, weights stored as FP16.
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(types[n.input[1]] == F16 and types[n.output[0]] == F16 for n in convs)
+    # The prn calls: FP16 features / bank / qkv, FP32 prototype norms.
+    for node in prn_calls(model, PROTO_RESIDUAL):
+        assert [types[i] for i in node.input] == [F16, F16, F32]
+        assert types[node.output[0]] == F16
+    for node in prn_calls(model, MULTI_SIZE_ATTENTION):
+        assert types[node.input[0]] == F16
+    # The normalisation head and the score tail stay FP32 (first conv reads a cast of it).
+    head = model.graph.node[:5]
+    assert [n.op_type for n in head] == ["Transpose", "Cast", "Div", "Sub", "Div"]
+    assert all(types[n.output[0]] == F32 for n in head[1:])
+    for op in ("Sigmoid", "TopK", "ReduceMean"):
+        (node,) = [n for n in model.graph.node if n.op_type == op]
+        assert types[node.output[0]] == F32, op
+    # Only what the policy moved changed: same number of non-Cast nodes as the FP32 model.
+    strip = [n.op_type for n in model.graph.node if n.op_type != "Cast" or n.name.startswith("node_")]
+    assert strip == [n.op_type for n in edge["proto"].graph.node]
+    assert parse_metadata({p.key: p.value for p in model.metadata_props})["precision"] == "fp16"
+    assert edge_fp16["path"].stat().st_size < 0.6 * edge["path"].stat().st_size   # weights halved
+
+
+def test_fp16_ort_matches_pytorch_on_real_images(edge, edge_fp16, bottle_images):
+    amap, score = session(edge_fp16["path"]).run(None, {"image": bottle_images})
+    ref_map, ref_score = torch_outputs(edge["model"], bottle_images)
+    map_diff = float(np.abs(amap - ref_map).max())
+    mean_diff = float(np.abs(amap - ref_map).mean())
+    score_diff = float(np.abs(score - ref_score).max())
+    print(f"\nFP16 vs PyTorch FP32, 4 real images: max |map diff| {map_diff:.3g}, mean {mean_diff:.3g}, "
+          f"max |score diff| {score_diff:.3g}")
+    assert amap.dtype == np.float32 and score.dtype == np.float32
+    assert map_diff <= FP16_MAP_TOL and mean_diff <= FP16_MEAN_MAP_TOL and score_diff <= FP16_SCORE_TOL
+    assert map_diff > 0, "identical to FP32: the conversion did nothing"
+
+
+def test_fp16_tensorrt_variant_keeps_the_types(edge_fp16, tmp_path):
+    variant = make_tensorrt_variant(edge_fp16["path"], tmp_path / "model.fp16.trt.onnx")
+    onnx.checker.check_model(variant)
+    plugins = [n for n in variant.graph.node if n.domain == PLUGIN_DOMAIN]
+    assert {n.op_type for n in plugins} == {PROTO_RESIDUAL, MULTI_SIZE_ATTENTION}
+    inits = {i.name: i.data_type for i in variant.graph.initializer}
+    for node in plugins:
+        if node.op_type == PROTO_RESIDUAL:   # bank FP16, norms FP32: what the plugin accepts
+            assert inits[node.input[1]] == onnx.TensorProto.FLOAT16
+            assert inits[node.input[2]] == onnx.TensorProto.FLOAT
+
+
+def test_int8_qdq_per_channel_symmetric(edge, normal_images, tmp_path, bottle_images):
+    from prn_edge.export.int8 import conv_groups, quantize_int8
+
+    fp32 = edge["path"]
+    groups = conv_groups(edge["proto"])
+    keep = set(groups[0].nodes)                         # the stem stays float
+    path = quantize_int8(fp32, tmp_path / "model.int8.onnx", normal_images, keep_float=keep)
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized = [n for n in convs if produced_by.get(n.input[1]) is not None
+                 and produced_by[n.input[1]].op_type == "DequantizeLinear"]
+    assert len(quantized) == len(convs) - len(keep)
+    assert not any(n.name in keep for n in quantized)
+    for conv in quantized:
+        dq = produced_by[conv.input[1]]
+        scale, zero = inits[dq.input[1]], inits[dq.input[2]]
+        out_channels = inits[dq.input[0]].dims[0]
+        assert list(scale.dims) == [out_channels], "weights must be per output channel"
+        assert zero.data_type == onnx.TensorProto.INT8
+        assert not np.any(onnx.numpy_helper.to_array(zero)), "symmetric: zero points must be 0"
+        act_dq = produced_by[conv.input[0]]
+        assert act_dq.op_type == "DequantizeLinear"
+        assert onnx.numpy_helper.to_array(inits[act_dq.input[2]]).dtype == np.int8
+    # The prn calls stay calls (their bodies reduce in FP32), and the model runs.
+    assert {n.op_type for n in prn_calls(model)} == {PROTO_RESIDUAL, MULTI_SIZE_ATTENTION}
+    amap, score = session(path).run(None, {"image": bottle_images})
+    assert np.isfinite(amap).all() and np.isfinite(score).all()
+    assert parse_metadata({p.key: p.value for p in model.metadata_props})["precision"] == "int8"
+    variant = make_tensorrt_variant(path)             # Q/DQ model -> plugin nodes, as for FP32
+    assert len([n for n in variant.graph.node if n.domain == PLUGIN_DOMAIN]) == len(prn_calls(model))

@@ -49,3 +49,39 @@ def test_missing_torch_is_a_one_line_install_hint():
     assert proc.returncode == 0, proc.stderr
     assert "torch is not installed (needed for training)" in proc.stdout
     assert "pip install" in proc.stdout
+
+
+def test_every_runtime_module_and_prn_inspect_help_import_without_torch():
+    proc = run_blocked("""
+        import contextlib, io, numpy as np
+        import prn_edge.runtime as rt
+        import prn_edge.runtime.cli, prn_edge.runtime.engine, prn_edge.runtime.loader, prn_edge.runtime.loop
+        import prn_edge.runtime.pipeline, prn_edge.runtime.postprocess, prn_edge.runtime.sources
+        import prn_edge.runtime.store, prn_edge.runtime.tensorrt_engine, prn_edge.runtime.torch_engine
+        import prn_edge.runtime.view, prn_edge.runtime.tensorrt_support
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+            prn_edge.runtime.cli.main(["--help"])
+        assert "--source SRC" in buf.getvalue()
+        # A loop with a numpy engine runs without any of the blocked packages.
+        class E:
+            name, image_size, threshold, metadata = "np", 32, 0.5, {}
+            def predict(self, x):
+                return np.zeros((len(x), 32, 32), np.float32), np.zeros(len(x), np.float32)
+            def describe(self): return {}
+            def close(self): pass
+        s = rt.InspectionLoop(rt.Pipeline(E()), rt.SyntheticSource(count=5)).run()
+        assert s.frames == 5
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not heavy, heavy
+        import tempfile, pathlib
+        folder = pathlib.Path(tempfile.mkdtemp())
+        (folder / "model.onnx").write_bytes(b"")
+        try:
+            rt.load_engine(folder)
+        except rt.engine.PRNError as exc:
+            print(exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "no engine can run" in proc.stdout
+    assert "onnxruntime-cpu: onnxruntime is not installed (pip install onnxruntime)" in proc.stdout

@@ -19,30 +19,18 @@ output folder is created only once the evaluation and the figures have succeeded
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
-from prn_edge.cli import ArgumentParser, run_cli
+from prn_edge.cli import ArgumentParser, positive_int, run_cli
 from prn_edge.errors import PRNError
+from prn_edge.io import check_output_dir
 
 PROG = "prn-eval"
 BASELINES = ("patchcore",)
 
 __all__ = ["build_parser", "main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,40 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
                    help="output folder for the report (created after a successful evaluation)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass (default 8)")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="evaluate only the first N images of each type (good and each defect), for quick "
                         "checks; the numbers are then not comparable with a full run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
-
-
-def _check_out_dir(out: Path) -> None:
-    """Fail before any work if ``out`` cannot be written, without creating it.
-
-    ``os.access`` is not enough (root passes it everywhere, read-only mounts fool it), so
-    a temporary entry is created and removed in ``out`` or in its nearest existing parent.
-
-    Raises:
-        PRNError: ``out`` (or a parent) is a file, or the folder is not writable.
-    """
-    probe_dir = out
-    while not probe_dir.exists():
-        if probe_dir.parent == probe_dir:
-            break
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        where = "output path" if probe_dir == out else f"{probe_dir}, a parent of the output folder,"
-        raise PRNError(f"{out}: cannot write the report: {where} exists and is not a folder (--out)")
-    try:
-        fd, name = tempfile.mkstemp(prefix=".prn-eval-probe-", dir=probe_dir)
-    except OSError as exc:
-        raise PRNError(f"{out}: cannot write the report: {probe_dir} is not writable "
-                       f"({exc.strerror or exc}); choose another --out") from exc
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(name)
 
 
 def _make_predictor(args: argparse.Namespace):
@@ -159,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     from prn_edge.eval.report import render_report, summary_text, write_report
 
     out = args.out.expanduser()
-    _check_out_dir(out)
+    check_output_dir(out)
     category = scan_category(args.data)
     predictor, seen_source, notes = _make_predictor(args)
 

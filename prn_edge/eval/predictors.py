@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from prn_edge.errors import PRNError, require
+from prn_edge.runtime.engine import check_frames, check_outputs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from prn_edge.checkpoint import Checkpoint
@@ -51,54 +52,9 @@ class Predictor(Protocol):
         ...
 
 
-def check_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Validate a predictor's input batch.
-
-    Args:
-        images: the batch.
-        size: the predictor's ``image_size``.
-
-    Returns:
-        ``images`` unchanged.
-
-    Raises:
-        PRNError: not a uint8 ``(B, size, size, 3)`` array.
-    """
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-            or images.shape[1:] != (size, size, 3) or images.shape[0] == 0:
-        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise PRNError(f"a predictor takes uint8 (B, {size}, {size}, 3) RGB images, got {got}")
-    return images
-
-
-def check_prediction(name: str, maps, scores, batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and normalise what a predictor returned (the contract's single check).
-
-    Args:
-        name: the predictor's name, for the message.
-        maps: the returned maps.
-        scores: the returned scores.
-        batch: the number of images given.
-        size: the predictor's ``image_size``.
-
-    Returns:
-        ``(maps, scores)`` as float32 ``(B, S, S)`` and ``(B,)`` numpy arrays.
-
-    Raises:
-        PRNError: wrong shape, or NaN / infinite values (a broken model or engine).
-    """
-    maps = np.asarray(maps, dtype=np.float32)
-    scores = np.asarray(scores, dtype=np.float32)
-    if maps.shape != (batch, size, size) or scores.shape != (batch,):
-        raise PRNError(
-            f"predictor {name!r} returned maps {maps.shape} and scores {scores.shape} for {batch} "
-            f"images; the contract is maps (B, {size}, {size}) and scores (B,)")
-    for what, array in (("maps", maps), ("scores", scores)):
-        if not np.isfinite(array).all():
-            bad = int(np.count_nonzero(~np.isfinite(array)))
-            raise PRNError(f"predictor {name!r} returned {bad} NaN or infinite value(s) in its {what}; "
-                           "the model or engine is broken (check the checkpoint and the device)")
-    return maps, scores
+# One validation for every backend: the runtime's engines and the evaluation share it.
+check_images = check_frames
+check_prediction = check_outputs
 
 
 def _resolve_device(device):

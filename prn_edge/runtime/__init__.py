@@ -1,8 +1,60 @@
 """The edge runtime: numpy, OpenCV and one inference engine; never torch.
 
 Importing this package must work on a device where only numpy and OpenCV are installed
-(OpenCV itself is imported on first use, with an install hint if it is missing).
-"""
-from prn_edge.runtime.preprocess import RESIZE_POLICIES, crop_roi, prepare_frame, resize_image, to_rgb
+(OpenCV itself is imported on first use, with an install hint if it is missing). Engines
+import their own dependency (onnxruntime, tensorrt + cupy, torch) when they are built.
 
-__all__ = ["RESIZE_POLICIES", "crop_roi", "prepare_frame", "resize_image", "to_rgb"]
+* engines: :class:`Engine`, :class:`OnnxRuntimeEngine`, ``TensorRTEngine``
+  (:mod:`.tensorrt_engine`), ``TorchEngine`` / ``CupyFusedEngine`` (:mod:`.torch_engine`),
+  and :func:`load_engine` to pick one;
+* one pipeline: :func:`prepare_frame` -> engine -> decision, regions, overlay (:class:`Pipeline`);
+* sources (:func:`open_source`), the loop (:class:`InspectionLoop`), stores (:class:`SQLiteStore`,
+  :class:`JsonlStore`, :class:`AnomalyImageWriter`), an optional MJPEG live view (:mod:`.view`);
+  ``prn-inspect`` is :mod:`.cli`.
+"""
+from prn_edge.runtime.engine import Engine, OnnxRuntimeEngine
+from prn_edge.runtime.loader import (
+    BACKENDS,
+    find_model_files,
+    load_engine,
+    plan_engines,
+)
+from prn_edge.runtime.loop import (
+    Backoff,
+    InspectionLoop,
+    LatestQueue,
+    Summary,
+    stop_on_signals,
+)
+from prn_edge.runtime.pipeline import Detection, InspectConfig, Pipeline
+from prn_edge.runtime.postprocess import Region, decide, find_regions, render_overlay
+from prn_edge.runtime.preprocess import (
+    RESIZE_POLICIES,
+    FrameGeometry,
+    crop_roi,
+    frame_geometry,
+    prepare_frame,
+    resize_image,
+    to_rgb,
+)
+from prn_edge.runtime.sources import (
+    Frame,
+    Source,
+    SourceError,
+    SyntheticSource,
+    open_source,
+)
+from prn_edge.runtime.store import (
+    AnomalyImageWriter,
+    JsonlStore,
+    SQLiteStore,
+    open_store,
+    read_jsonl,
+)
+
+__all__ = ["BACKENDS", "RESIZE_POLICIES", "AnomalyImageWriter", "Backoff", "Detection", "Engine", "Frame",
+           "FrameGeometry", "InspectConfig", "InspectionLoop", "JsonlStore", "LatestQueue", "OnnxRuntimeEngine",
+           "Pipeline", "Region", "SQLiteStore", "Source", "SourceError", "Summary", "SyntheticSource", "crop_roi",
+           "decide", "find_model_files", "find_regions", "frame_geometry", "load_engine", "open_source",
+           "open_store", "plan_engines", "prepare_frame", "read_jsonl", "render_overlay", "resize_image",
+           "stop_on_signals", "to_rgb"]

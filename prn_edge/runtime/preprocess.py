@@ -6,6 +6,9 @@ region of interest, and one resize policy. numpy + OpenCV only (no torch).
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from prn_edge.errors import PRNError, require
@@ -122,3 +125,82 @@ def prepare_frame(frame: np.ndarray, size: int, *, policy: str = "stretch", orde
                   roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Camera/OpenCV frame -> the model's input: uint8 (size, size, 3) RGB."""
     return resize_image(to_rgb(crop_roi(frame, roi), order), size, policy)
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Where the model's ``size`` x ``size`` input lies in the original frame.
+
+    Every resize policy is an axis-aligned affine map: the model pixel edge ``u`` lies at frame
+    pixel edge ``x = scale_x * u + offset_x`` (likewise for y). Post-processing uses it to
+    report defect boxes and to draw overlays in the frame's own pixels.
+
+    Attributes:
+        frame_width, frame_height: the original frame.
+        roi: the region of interest (x, y, w, h) the model saw, the whole frame if none.
+        size: the model's input side.
+        scale_x, scale_y: frame pixels per model pixel.
+        offset_x, offset_y: frame position of the model input's top-left corner (negative for
+            a letterbox's padding, which lies outside the region of interest).
+    """
+
+    frame_width: int
+    frame_height: int
+    roi: tuple[int, int, int, int]
+    size: int
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+
+    def box_to_frame(self, x: int, y: int, w: int, h: int) -> tuple[int, int, int, int]:
+        """A box in model pixels -> the covering box in frame pixels, clipped to the region of interest."""
+        rx, ry, rw, rh = self.roi
+        x0 = max(rx, math.floor(self.offset_x + x * self.scale_x))
+        y0 = max(ry, math.floor(self.offset_y + y * self.scale_y))
+        x1 = min(rx + rw, math.ceil(self.offset_x + (x + w) * self.scale_x))
+        y1 = min(ry + rh, math.ceil(self.offset_y + (y + h) * self.scale_y))
+        return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
+
+    def map_to_frame(self, amap: np.ndarray) -> np.ndarray:
+        """A ``(size, size)`` float map -> ``(frame_height, frame_width)`` float32, 0 outside the region of interest."""
+        cv2 = _cv2()
+        # Inverse map, pixel centres: u = (x + 0.5 - offset) / scale - 0.5.
+        inverse = np.array([[1.0 / self.scale_x, 0.0, (0.5 - self.offset_x) / self.scale_x - 0.5],
+                            [0.0, 1.0 / self.scale_y, (0.5 - self.offset_y) / self.scale_y - 0.5]])
+        out = cv2.warpAffine(np.ascontiguousarray(amap, dtype=np.float32), inverse,
+                             (self.frame_width, self.frame_height),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        rx, ry, rw, rh = self.roi
+        if (rx, ry, rw, rh) != (0, 0, self.frame_width, self.frame_height):
+            inside = np.zeros_like(out)
+            inside[ry:ry + rh, rx:rx + rw] = out[ry:ry + rh, rx:rx + rw]
+            out = inside
+        return out
+
+
+def frame_geometry(height: int, width: int, size: int, *, policy: str = "stretch",
+                   roi: tuple[int, int, int, int] | None = None) -> FrameGeometry:
+    """The :class:`FrameGeometry` of :func:`prepare_frame` on a ``height`` x ``width`` frame.
+
+    Raises:
+        PRNError: an unknown policy, or a region of interest outside the frame.
+    """
+    if policy not in RESIZE_POLICIES:
+        raise PRNError(f"unknown resize policy {policy!r}: choose one of {', '.join(RESIZE_POLICIES)}")
+    if roi is not None:
+        crop_roi(np.empty((height, width, 0), np.uint8), roi)   # the same check, no pixels touched
+    rx, ry, rw, rh = roi if roi is not None else (0, 0, width, height)
+    if policy == "stretch":
+        sx, sy, ox, oy = rw / size, rh / size, 0.0, 0.0
+    elif policy == "center-crop":
+        side = min(rw, rh)
+        sx = sy = side / size
+        ox, oy = float((rw - side) // 2), float((rh - side) // 2)
+    else:  # letterbox: the same rounding as resize_image
+        scale = size / max(rw, rh)
+        nh, nw = max(1, round(rh * scale)), max(1, round(rw * scale))
+        sx, sy = rw / nw, rh / nh
+        ox, oy = -((size - nw) // 2) * sx, -((size - nh) // 2) * sy
+    return FrameGeometry(width, height, (rx, ry, rw, rh), size, sx, sy, rx + ox, ry + oy)

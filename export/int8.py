@@ -1,0 +1,239 @@
+"""FP32 PRN ONNX -> INT8 Q/DQ ONNX, calibrated, with an accuracy gate and a sensitivity search.
+
+The INT8 model is what TensorRT 10 (``BuilderFlag.INT8`` on a Q/DQ network) and TensorRT 11
+(strongly typed) both build from, and what ONNX Runtime runs on a CPU, so its accuracy is
+measured here before any engine exists (PLATFORM.md: "precision lives in the ONNX").
+
+Quantization (ONNX Runtime's ``quantize_static``, QDQ format):
+
+* ``Conv`` only: weights per output channel, activations per tensor, both symmetric INT8
+  (zero point 0), which is what TensorRT's Q/DQ fusion expects. Everything else (the
+  ``prn`` calls' distance GEMM and softmax, resize, the score) stays float: the fused ops
+  reduce in FP32 by design (plugin_spec.py).
+* Static ranges (MinMax) from a stated number of normal images, drawn with a seed.
+  Dynamic quantization is 4-5x slower on these CPUs (PLATFORM.md) and does not exist in
+  TensorRT.
+
+The gate (the caller's): image AUROC, pixel AUROC and PRO each within ``tolerance`` points
+of FP32. When the fully quantized model misses it, :func:`sensitivity` quantizes all but one
+*group* of convolutions at a time (a group = one part of the network: the encoder's stem and
+three block ranges, each fusion, the attention projections, the decoder stages, the head),
+ranks the groups by how much accuracy leaving them in float recovers, and the caller keeps
+the worst ones in float until the gate holds; the report names them.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prn_edge.errors import PRNError, first_line, require
+
+DEFAULT_CALIBRATION_IMAGES = 32
+CALIBRATION_BATCH = 4
+
+
+@dataclass(frozen=True)
+class ConvGroup:
+    """A named part of the network, as the set of ``Conv`` nodes whose weights live there."""
+
+    name: str
+    nodes: tuple[str, ...]     # ONNX node names
+    modules: tuple[str, ...]   # the PyTorch modules they come from (report)
+
+
+def conv_groups(model) -> list[ConvGroup]:
+    """Group the ``Conv`` nodes of an exported PRN by the module their weight belongs to.
+
+    Args:
+        model: the FP32 ``onnx.ModelProto``.
+
+    Returns:
+        Groups in graph order; empty groups are left out.
+    """
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    blocks = [_block_index(n.input[1]) for n in convs]
+    last_block = max((b for b in blocks if b is not None), default=0)
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for node, block in zip(convs, blocks):
+        module = node.input[1].removeprefix("prn.").removesuffix(".weight")
+        name = _group_name(module, block, last_block)
+        names, modules = groups.setdefault(name, ([], []))
+        names.append(node.name)
+        modules.append(module)
+    return [ConvGroup(name, tuple(n), tuple(m)) for name, (n, m) in groups.items()]
+
+
+def _block_index(weight: str) -> int | None:
+    match = re.search(r"encoder\._blocks\.(\d+)\.", weight)
+    return int(match.group(1)) if match else None
+
+
+def _group_name(module: str, block: int | None, last_block: int) -> str:
+    if block is not None:   # the encoder's blocks in thirds: early, middle, late features
+        third = min(2, 3 * block // (last_block + 1))
+        return f"encoder.blocks[{('early', 'middle', 'late')[third]}]"
+    if module.startswith("encoder."):
+        return "encoder.stem"
+    parts = module.split(".")
+    if parts[0] == "attention":
+        return "attention"
+    if parts[0] == "decoder":
+        return f"decoder.{parts[1]}"
+    return parts[0]   # fuse_features, fuse_residuals, fuse_attention, ...
+
+
+class _Reader:
+    """ORT's CalibrationDataReader protocol over uint8 (N, S, S, 3) images."""
+
+    def __init__(self, images: np.ndarray, input_name: str) -> None:
+        self._batches = iter([{input_name: images[i:i + CALIBRATION_BATCH]}
+                              for i in range(0, len(images), CALIBRATION_BATCH)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+    def rewind(self):   # not needed for MinMax; ORT's ABC asks for it
+        raise NotImplementedError
+
+
+def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray, *,
+                  keep_float: Iterable[str] = (), activations: str = "s8") -> Path:
+    """Write the INT8 Q/DQ model.
+
+    Args:
+        fp32_path: the exported FP32 ONNX.
+        out_path: where to write (the caller makes it atomic: this writes the path given).
+        calibration: uint8 ``(N, S, S, 3)`` normal images.
+        keep_float: ONNX node names of convolutions to leave in float.
+        activations: ``s8`` symmetric INT8 (what TensorRT requires; the default) or ``u8``
+            asymmetric UINT8 (faster in ONNX Runtime on x86 CPUs; not for TensorRT).
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        PRNError: onnxruntime's quantization tools missing, or quantization failing.
+    """
+    quantization = require("onnxruntime.quantization", "INT8 quantization (pip install onnxruntime)")
+    if calibration.ndim != 4 or calibration.dtype != np.uint8 or len(calibration) == 0:
+        raise PRNError(f"calibration images must be a non-empty uint8 (N, S, S, 3) array, got "
+                       f"{calibration.dtype} {calibration.shape}")
+    if activations not in ("s8", "u8"):
+        raise PRNError(f"activations must be s8 or u8, got {activations!r}")
+    symmetric = activations == "s8"
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)   # ORT logs a pre-processing hint on every call
+    try:
+        quantization.quantize_static(
+            str(fp32_path), str(out_path), _Reader(calibration, "image"),
+            quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+            activation_type=quantization.QuantType.QInt8 if symmetric else quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            op_types_to_quantize=["Conv"], nodes_to_exclude=sorted(keep_float),
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+    except Exception as exc:  # ORT's quantizer raises plain Exceptions from deep inside
+        raise PRNError(f"INT8 quantization of {fp32_path} failed: {first_line(exc)}") from exc
+    finally:
+        root.setLevel(level)
+    _set_precision(out_path)
+    return Path(out_path)
+
+
+def _set_precision(path) -> None:
+    onnx = require("onnx", "INT8 quantization")
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "precision":
+            prop.value = "int8"
+            break
+    else:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "precision", "int8"
+    onnx.save(model, str(path))
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """What keeping one group in float recovers: its metrics and the largest gap left to FP32."""
+
+    group: ConvGroup
+    metrics: dict[str, float]
+    worst_drop: float   # max over the gated metrics of (FP32 - this), in points
+
+
+def sensitivity(groups: list[ConvGroup], trial: Callable[[set[str]], dict[str, float]],
+                reference: dict[str, float], gated: tuple[str, ...],
+                progress: Callable[[str], None] = print) -> list[Sensitivity]:
+    """Rank the groups: most accuracy recovered by keeping that group alone in float first.
+
+    Args:
+        groups: from :func:`conv_groups`.
+        trial: quantizes with the given node names kept in float and returns the metrics.
+        reference: the FP32 metrics.
+        gated: the metric names the gate checks.
+        progress: where to say what is being tried.
+
+    Returns:
+        One :class:`Sensitivity` per group, best recovery (smallest worst_drop) first.
+    """
+    ranked = []
+    for i, group in enumerate(groups, 1):
+        progress(f"INT8 sensitivity {i}/{len(groups)}: {group.name} in float")
+        metrics = trial(set(group.nodes))
+        ranked.append(Sensitivity(group, metrics, worst_drop(reference, metrics, gated)))
+    return sorted(ranked, key=lambda s: s.worst_drop)
+
+
+def worst_drop(reference: dict[str, float], metrics: dict[str, float], gated: tuple[str, ...]) -> float:
+    """The largest drop in points (100 x) of any gated metric from ``reference``."""
+    return max(100.0 * (reference[k] - metrics[k]) for k in gated)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """The end of the INT8 search: the last trial's metrics and what was kept in float."""
+
+    passed: bool
+    metrics: dict[str, float]
+    worst_drop: float
+    kept: tuple[ConvGroup, ...]
+    ranked: tuple[Sensitivity, ...]   # empty when all-INT8 passed at once
+    all_int8_drop: float              # worst drop with every convolution in INT8
+
+
+def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[str, float]],
+                      reference: dict[str, float], gated: tuple[str, ...], tolerance: float,
+                      progress: Callable[[str], None] = print) -> GateOutcome:
+    """All-INT8 first; if that misses the gate, keep the most sensitive groups in float, one more at a time.
+
+    Stops at the first trial within ``tolerance`` points, or with all groups but one in float
+    (beyond that the model is not INT8 any more): then ``passed`` is False and ``kept`` names
+    the groups that cost the accuracy.
+    """
+    metrics = trial(set())
+    drop = worst_drop(reference, metrics, gated)
+    first = drop
+    if drop <= tolerance:
+        return GateOutcome(True, metrics, drop, (), (), first)
+    progress(f"INT8 costs {drop:.2f} points (> {tolerance}): ranking the network's parts by sensitivity")
+    ranked = sensitivity(groups, trial, reference, gated, progress)
+    keep: set[str] = set()
+    kept: list[ConvGroup] = []
+    for s in ranked[:max(1, len(ranked) - 1)]:
+        keep |= set(s.group.nodes)
+        kept.append(s.group)
+        progress(f"INT8 with {', '.join(g.name for g in kept)} in float")
+        metrics = trial(set(keep))
+        drop = worst_drop(reference, metrics, gated)
+        if drop <= tolerance:
+            break
+    return GateOutcome(drop <= tolerance, metrics, drop, tuple(kept), tuple(ranked), first)

@@ -1,0 +1,433 @@
+"""``prn-export``'s work: checkpoint -> FP32 / FP16 / INT8 ONNX, TensorRT variants and engines, report.
+
+Order of work, so that a mistake costs seconds and never leaves half an output:
+
+1. Everything cheap is checked first: the checkpoint (weights-only load), the output folder,
+   the calibration images (read in full), the evaluation set.
+2. All files are written into a staging folder inside the output folder; only when every
+   step succeeded are they moved into place one by one (``os.replace``: each file appears
+   whole). On any error the staging folder is removed and the output folder is as before.
+3. Accuracy is measured with ONNX Runtime on the evaluation set for every precision, next to
+   the PyTorch model, with the same evaluation code as ``prn-eval``; the INT8 gate decides on
+   those numbers (:mod:`prn_edge.export.int8`).
+
+An INT8 model that misses its gate is not written; the rest of the export is, and the report
+names the groups of convolutions that cost the accuracy; the command then exits with 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prn_edge.errors import DataError, PRNError
+
+GATED = ("image_auroc", "pixel_auroc", "pro")
+METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
+DEFAULT_TOLERANCE = 0.5          # points: the issue's INT8 accuracy gate
+PARITY_MAP_TOL = 1e-4            # FP32 ONNX vs PyTorch, max |map difference|
+FILE_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def trt_variant_name(precision: str) -> str:
+    """``model.onnx`` -> ``model.trt.onnx``; ``model.fp16.onnx`` -> ``model.fp16.trt.onnx``."""
+    return FILE_NAMES[precision].removesuffix(".onnx") + ".trt.onnx"
+
+
+def engine_name(precision: str) -> str:
+    return f"model.{precision}.engine"
+
+
+@dataclass
+class ExportOptions:
+    """What ``prn-export`` was asked for (see its ``--help``)."""
+
+    checkpoint: Path
+    out: Path
+    fp16: bool = False
+    int8: bool = False
+    engine: bool = False
+    calib: Path | None = None          # default: the checkpoint's train/good
+    calib_count: int = 32
+    data: Path | None = None           # evaluation category; default: the checkpoint's
+    tolerance: float = DEFAULT_TOLERANCE
+    seed: int = 0
+    threads: int = 2
+    latency_rounds: int = 15
+    max_batch: int = 8
+    plugin_library: Path | None = None
+    progress: bool = True
+    command: str = ""
+
+
+@dataclass
+class _Prepared:
+    """Inputs checked and loaded before anything is written."""
+
+    predictor: Any                     # TorchPRNPredictor
+    category: Any | None               # MVTecCategory or None (no evaluation)
+    exclude: set[str]
+    calibration: np.ndarray | None
+    calibration_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_export(options: ExportOptions, say: Callable[[str], None] | None = None) -> tuple[dict[str, Any], int]:
+    """Do the whole export.
+
+    Args:
+        options: the request.
+        say: progress lines (default: print to stderr).
+
+    Returns:
+        ``(report, exit_status)``: 0 on success, 1 when the INT8 gate failed (the rest was written).
+
+    Raises:
+        PRNError: bad input (nothing written), or a failing step (staging removed).
+    """
+    say = say or (lambda line: print(f"prn-export: {line}", file=sys.stderr, flush=True))
+    from prn_edge.io import check_output_dir
+
+    out = check_output_dir(options.out)
+    prepared = _prepare(options, say)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prn-export-", dir=out))
+    try:
+        report, status = _export(options, prepared, staging, say)
+        _publish(staging, out, report, say)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report, status
+
+
+# --------------------------------------------------------------------------- inputs
+def _prepare(options: ExportOptions, say) -> _Prepared:
+    from prn_edge.eval.predictors import TorchPRNPredictor
+
+    _set_torch_threads(options.threads)
+    predictor = TorchPRNPredictor.from_checkpoint(options.checkpoint)
+    checkpoint = predictor.checkpoint
+    data_record = checkpoint.metadata.get("data", {}) if isinstance(checkpoint.metadata, dict) else {}
+    recorded_root = Path(data_record["root"]) if data_record.get("root") else None
+    notes: list[str] = []
+
+    calibration, calibration_files = None, []
+    if options.int8:
+        source = options.calib or (recorded_root / "train" / "good" if recorded_root else None)
+        if source is None:
+            raise PRNError("--int8 needs calibration images: pass --calib DIR (normal images); "
+                           "the checkpoint records no training data")
+        calibration, calibration_files = load_calibration(source, options.calib_count, options.seed,
+                                                          predictor.image_size)
+        say(f"calibration: {len(calibration)} normal images from {source} (seed {options.seed})")
+
+    category, exclude = None, set()
+    data = options.data or recorded_root
+    if data is not None and Path(data).is_dir():
+        from prn_edge.data.mvtec import scan_category
+        from prn_edge.eval.evaluate import seen_anomalies_from
+
+        category = scan_category(data)
+        with _warnings_as(notes):
+            exclude = seen_anomalies_from(checkpoint, category)
+    elif options.data is not None:
+        raise PRNError(f"{options.data}: evaluation data folder does not exist (--data)")
+    elif options.int8:
+        raise PRNError("--int8 needs an evaluation set for its accuracy gate: the checkpoint's data "
+                       f"({recorded_root}) is not here; pass --data DIR (an MVTec-layout category)")
+    else:
+        notes.append(f"no evaluation set (the checkpoint's data {recorded_root} is not here and no --data): "
+                     "accuracy was not measured")
+    return _Prepared(predictor, category, exclude, calibration, calibration_files, notes)
+
+
+def load_calibration(source: Path, count: int, seed: int, size: int) -> tuple[np.ndarray, list[str]]:
+    """``count`` images drawn (seeded) from the folder ``source``, as uint8 (N, size, size, 3).
+
+    Raises:
+        DataError: the folder is missing or has no images, or an image is unreadable.
+    """
+    from prn_edge.data.mvtec import _is_image, load_image
+
+    source = Path(source)
+    if not source.is_dir():
+        raise DataError(f"{source}: calibration folder does not exist (--calib)")
+    files = sorted(p for p in source.rglob("*") if _is_image(p))
+    if not files:
+        raise DataError(f"{source}: no images in the calibration folder (--calib)")
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(files), size=min(count, len(files)), replace=False))
+    images = np.stack([load_image(files[i], size) for i in chosen])
+    return images, [str(files[i].relative_to(source)) for i in chosen]
+
+
+@contextlib.contextmanager
+def _warnings_as(notes: list[str]):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    notes.extend(str(w.message) for w in caught)
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+# --------------------------------------------------------------------------- the work
+def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tuple[dict[str, Any], int]:
+    from prn_edge.export.onnx_export import export_onnx
+    from prn_edge.export.surgery import make_tensorrt_variant
+
+    onnx = _onnx()
+    report: dict[str, Any] = {
+        "checkpoint": str(Path(options.checkpoint).resolve()),
+        "checkpoint_sha256": prep.predictor.checkpoint_sha256,
+        "command": options.command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": _machine(), "threads": options.threads, "notes": list(prep.notes),
+        "precisions": {}, "files": {}, "status": "ok",
+    }
+    say("exporting FP32 ONNX")
+    info = export_onnx(options.checkpoint, staging / FILE_NAMES["fp32"])
+    report["opset"], report["input_size"] = info.opset, info.input_size
+    report["threshold"] = prep.predictor.checkpoint.threshold
+    paths = {"fp32": staging / FILE_NAMES["fp32"]}
+
+    evaluation = _Evaluation(options, prep, say)
+    reference = evaluation.torch()
+    fp32 = evaluation.onnx("fp32", paths["fp32"])
+    report["reference"] = reference
+    report["precisions"]["fp32"] = fp32
+    if fp32.get("max_map_diff") is not None and fp32["max_map_diff"] > PARITY_MAP_TOL:
+        raise PRNError(f"the FP32 ONNX differs from the PyTorch model by {fp32['max_map_diff']:.2e} "
+                       f"(> {PARITY_MAP_TOL:.0e}) on the evaluation images: export bug, please report it")
+
+    if options.fp16:
+        from prn_edge.export.fp16 import convert_to_fp16
+
+        say("converting to mixed-precision FP16")
+        paths["fp16"] = staging / FILE_NAMES["fp16"]
+        _save(onnx, convert_to_fp16(onnx.load(str(paths["fp32"]))), paths["fp16"])
+        report["precisions"]["fp16"] = evaluation.onnx("fp16", paths["fp16"])
+
+    status = 0
+    if options.int8:
+        int8_report, ok = _int8(options, prep, paths["fp32"], staging / FILE_NAMES["int8"], evaluation,
+                                   report["precisions"]["fp32"], say)
+        report["int8"] = int8_report
+        if ok:
+            paths["int8"] = staging / FILE_NAMES["int8"]
+            report["precisions"]["int8"] = int8_report.pop("result")
+        else:
+            report["status"] = "int8 gate failed"
+            status = 1
+
+    for precision, path in paths.items():
+        say(f"TensorRT variant of {path.name}")
+        make_tensorrt_variant(path, staging / trt_variant_name(precision))
+
+    if options.engine:
+        report["engines"] = _engines(options, paths, staging, say, report["notes"])
+
+    say("latency: ONNX Runtime vs PyTorch eager, interleaved")
+    report["latency"] = measure_latency(prep.predictor, {p: paths[p] for p in paths}, options.threads,
+                                        options.latency_rounds)
+    for precision, path in paths.items():
+        report["precisions"][precision]["bytes"] = path.stat().st_size
+    report["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
+    return report, status
+
+
+def _onnx():
+    from prn_edge.errors import require
+
+    return require("onnx", "prn-export")
+
+
+def _save(onnx, model, path: Path) -> None:
+    from prn_edge.export.onnx_export import save_model
+
+    save_model(model, path)
+    onnx.checker.check_model(str(path))
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+class _Evaluation:
+    """Scores the PyTorch reference and each ONNX on the same images; caches the reference."""
+
+    def __init__(self, options: ExportOptions, prep: _Prepared, say) -> None:
+        self.options, self.prep, self.say = options, prep, say
+        self.reference = None   # EvaluationResult of the PyTorch model
+
+    def _run(self, predictor, label: str):
+        from prn_edge.eval.evaluate import evaluate
+
+        self.say(f"evaluating {label} on {self.prep.category.name}")
+        return evaluate(predictor, self.prep.category, exclude=self.prep.exclude, batch_size=8,
+                        progress=self.options.progress)
+
+    def torch(self) -> dict[str, Any] | None:
+        if self.prep.category is None:
+            return None
+        self.reference = self._run(self.prep.predictor, "PyTorch (reference)")
+        return _metrics_dict(self.reference)
+
+    def onnx(self, precision: str, path: Path, *, quiet: bool = False) -> dict[str, Any]:
+        from prn_edge.runtime.engine import OnnxRuntimeEngine
+
+        record: dict[str, Any] = {"file": path.name}
+        if self.prep.category is None:
+            return record
+        engine = OnnxRuntimeEngine(path, threads=self.options.threads)
+        result = self._run(engine, f"ONNX Runtime {precision}") if not quiet else self._quiet(engine)
+        ref = self.reference
+        threshold = self.prep.predictor.checkpoint.threshold
+        record.update(_metrics_dict(result))
+        record["delta_points"] = {k: round(100 * (record[k] - _metrics_dict(ref)[k]), 3) for k in METRICS}
+        record["max_map_diff"] = float(np.abs(result.maps - ref.maps).max())
+        record["max_score_diff"] = float(np.abs(result.scores - ref.scores).max())
+        record["images"] = result.num_images
+        if threshold is not None:
+            same = (result.scores >= threshold) == (ref.scores >= threshold)
+            record["decisions_equal"] = int(same.sum())
+        return record
+
+    def _quiet(self, engine):
+        from prn_edge.eval.evaluate import evaluate
+
+        return evaluate(engine, self.prep.category, exclude=self.prep.exclude, batch_size=8, progress=False)
+
+
+def _metrics_dict(result) -> dict[str, float]:
+    m = result.metrics
+    return {"image_auroc": m.image_auroc, "pixel_auroc": m.pixel_auroc, "pro": m.pro, "ap": m.ap}
+
+
+def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Path, evaluation: _Evaluation,
+          reference: dict[str, Any], say) -> tuple[dict[str, Any], bool]:
+    """Quantize; if the gate fails, rank the conv groups and keep the worst in float until it holds.
+
+    ``reference`` holds the FP32 ONNX's metrics: the gate compares like with like (same runtime).
+    """
+    from prn_edge.export.int8 import conv_groups, quantize_int8, search_keep_float
+
+    onnx = _onnx()
+    record: dict[str, Any] = {
+        "calibration": {"images": len(prep.calibration), "seed": options.seed,
+                        "source": str(options.calib) if options.calib else "checkpoint's train/good",
+                        "files": prep.calibration_files},
+        "tolerance_points": options.tolerance, "gated": list(GATED), "keep_float": [], "trials": 0,
+    }
+
+    def trial(keep: set[str]) -> dict[str, Any]:
+        record["trials"] += 1
+        quantize_int8(fp32_path, out_path, prep.calibration, keep_float=keep)
+        return evaluation.onnx("int8", out_path, quiet=True)
+
+    say("quantizing to INT8 (all convolutions)")
+    groups = conv_groups(onnx.load(str(fp32_path), load_external_data=False))
+    outcome = search_keep_float(groups, trial, reference, GATED, options.tolerance, progress=say)
+    record["result"] = outcome.metrics
+    record["worst_drop_points"] = round(outcome.worst_drop, 3)
+    record["all_int8_worst_drop_points"] = round(outcome.all_int8_drop, 3)
+    record["sensitivity"] = [{"group": s.group.name, "convs": len(s.group.nodes),
+                              "worst_drop_points_with_group_in_float": round(s.worst_drop, 3)}
+                             for s in outcome.ranked]
+    record["keep_float"] = [{"group": g.name, "nodes": list(g.nodes), "modules": list(g.modules)}
+                            for g in outcome.kept]
+    if outcome.passed:
+        say(f"INT8 gate passed: worst drop {outcome.worst_drop:.2f} points (tolerance {options.tolerance}), "
+            f"{sum(len(g.nodes) for g in outcome.kept)} convolutions kept in float")
+        return record, True
+    say(f"INT8 gate FAILED: worst drop {outcome.worst_drop:.2f} points > {options.tolerance}; "
+        "model.int8.onnx not written")
+    with contextlib.suppress(FileNotFoundError):
+        out_path.unlink()
+    return record, False
+
+
+def _engines(options: ExportOptions, paths: dict[str, Path], staging: Path, say, notes: list[str]) -> dict:
+    from prn_edge.export.onnx_export import parse_metadata
+    from prn_edge.export.tensorrt_build import build_engine, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except PRNError as exc:
+        say(f"no engines: {exc}")
+        notes.append(f"--engine: {exc}")
+        return {"built": False, "reason": str(exc)}
+    onnx = _onnx()
+    built = {}
+    for precision in paths:
+        trt_onnx = staging / trt_variant_name(precision)
+        metadata = parse_metadata({p.key: p.value for p in onnx.load(str(trt_onnx), load_external_data=False)
+                                   .metadata_props})
+        say(f"building TensorRT engine ({precision})")
+        built[precision] = build_engine(trt_onnx, staging / engine_name(precision), precision,
+                                        metadata=metadata, max_batch=options.max_batch,
+                                        plugin_library=options.plugin_library,
+                                        timing_cache=staging / "tensorrt.timing_cache")
+    return {"built": True, "engines": built}
+
+
+# --------------------------------------------------------------------------- latency
+def measure_latency(predictor, onnx_paths: dict[str, Path], threads: int, rounds: int, batch: int = 1) -> dict:
+    """Median batch-1 latency of PyTorch eager and each ONNX in ONNX Runtime, interleaved.
+
+    Each round runs every backend once on the same frame, in a rotating order, so a slow
+    spell of the machine hits all of them; medians over rounds, after two warm-up rounds.
+    """
+    from prn_edge.runtime.engine import OnnxRuntimeEngine
+
+    rng = np.random.default_rng(0)
+    size = predictor.image_size
+    frame = rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
+    runners = {"pytorch-eager:fp32": predictor.predict}
+    for precision, path in onnx_paths.items():
+        runners[f"onnxruntime-cpu:{precision}"] = OnnxRuntimeEngine(path, threads=threads).predict
+    names = list(runners)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds + 2):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            runners[name](frame)
+            if r >= 2:
+                times[name].append(time.perf_counter() - start)
+    med = {n: float(np.median(t)) * 1e3 for n, t in times.items()}
+    ref = med["pytorch-eager:fp32"]
+    return {"batch": batch, "rounds": rounds, "threads": threads,
+            "median_ms": {n: round(v, 2) for n, v in med.items()},
+            "p90_ms": {n: round(float(np.percentile(t, 90)) * 1e3, 2) for n, t in times.items()},
+            "speedup_vs_pytorch": {n: round(ref / v, 2) for n, v in med.items()}}
+
+
+# --------------------------------------------------------------------------- output
+def _publish(staging: Path, out: Path, report: dict[str, Any], say) -> None:
+    """Write the report into staging, then move every file into ``out`` (each move atomic)."""
+    from prn_edge.export.report import render_markdown
+    from prn_edge.io import _fsync_dir, write_json_atomic, write_text_atomic
+
+    write_json_atomic(staging / "export_report.json", report)
+    write_text_atomic(staging / "export_report.md", render_markdown(report))
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
+    _fsync_dir(out)
+    say(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")

@@ -1,0 +1,101 @@
+"""``export_report.md``: the export report for a person (``export_report.json`` holds the same facts)."""
+from __future__ import annotations
+
+from typing import Any
+
+LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO@0.3", "ap": "AP"}
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _delta(value) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The Markdown report: files, accuracy per precision with deltas, INT8 details, latency, notes."""
+    lines = ["# PRN Edge export report", ""]
+    lines += [f"- checkpoint: `{report['checkpoint']}` (sha256 `{(report.get('checkpoint_sha256') or '-')[:16]}…`)",
+              f"- status: **{report['status']}**",
+              f"- opset {report.get('opset')}, input uint8 NHWC {report.get('input_size')}², "
+              f"threshold {report.get('threshold')}",
+              f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+              f"{report['threads']} threads used; created {report['created']}",
+              f"- command: `{report.get('command') or '-'}`", ""]
+
+    lines += accuracy_table(report)
+    int8 = report.get("int8")
+    if int8:
+        lines += ["", "## INT8", "",
+                  f"Static Q/DQ (ONNX Runtime quantizer): Conv weights per output channel and activations per "
+                  f"tensor, symmetric INT8; MinMax ranges from {int8['calibration']['images']} normal images "
+                  f"({int8['calibration']['source']}, seed {int8['calibration']['seed']}). Gate: "
+                  f"{', '.join(LABELS[k] for k in int8['gated'])} each within {int8['tolerance_points']} points "
+                  f"of the FP32 ONNX. All convolutions in INT8 cost "
+                  f"{int8['all_int8_worst_drop_points']} points at worst; {int8['trials']} quantization trial(s)."]
+        if int8.get("sensitivity"):
+            lines += ["", "Sensitivity (each part alone kept in float; smaller = that part costs more):", "",
+                      "| part of the network | convolutions | worst drop with it in float (points) |",
+                      "|---|---:|---:|"]
+            lines += [f"| {s['group']} | {s['convs']} | {s['worst_drop_points_with_group_in_float']} |"
+                      for s in int8["sensitivity"]]
+        if int8.get("keep_float"):
+            kept = int8["keep_float"]
+            lines += ["", f"Kept in float: {', '.join(g['group'] for g in kept)} "
+                          f"({sum(len(g['nodes']) for g in kept)} convolutions; worst drop then "
+                          f"{int8.get('worst_drop_points')} points)."]
+            if report["status"] != "ok":
+                lines += ["", "The nodes that cost the accuracy (ONNX node: module):", ""]
+                lines += [f"- `{n}`: {m}" for g in kept for n, m in zip(g["nodes"], g["modules"])]
+
+    latency = report.get("latency")
+    if latency:
+        lines += ["", f"## CPU latency (batch {latency['batch']}, median of {latency['rounds']} interleaved rounds, "
+                      f"{latency['threads']} threads)", "",
+                  "| backend | median ms | p90 ms | speed-up vs PyTorch eager |", "|---|---:|---:|---:|"]
+        for name, med in latency["median_ms"].items():
+            lines.append(f"| {name} | {med} | {latency['p90_ms'][name]} | {latency['speedup_vs_pytorch'][name]}x |")
+
+    engines = report.get("engines")
+    if engines is not None:
+        lines += ["", "## TensorRT engines", ""]
+        if not engines.get("built"):
+            lines.append(f"Not built: {engines['reason']}")
+        else:
+            lines += ["| precision | TensorRT | GPU | compute capability | build s | MB |", "|---|---|---|---|---:|---:|"]
+            for precision, e in engines["engines"].items():
+                lines.append(f"| {precision} | {e['tensorrt_version']} | {e['gpu_name']} | {e['compute_capability']} "
+                             f"| {e['build_seconds']} | {e['bytes'] / 1e6:.1f} |")
+    lines += ["", "## Files", "", "| file | MB |", "|---|---:|"]
+    lines += [f"| {name} | {size / 1e6:.1f} |" for name, size in report["files"].items()]
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_table(report: dict[str, Any]) -> list[str]:
+    """The per-precision table (also used by benchmarks/results/export.md)."""
+    ref = report.get("reference")
+    lines = ["## Accuracy and size per precision", ""]
+    if not ref:
+        return lines + ["Not measured: no evaluation set (see notes)."]
+    first = next(iter(report["precisions"].values()))
+    lines += [f"On {first.get('images', '?')} evaluation images (ONNX Runtime, CPU). Deltas are in points "
+              "against the PyTorch model; map and score differences are the maximum over all images and pixels.",
+              "", "| model | MB | image AUROC | pixel AUROC | PRO@0.3 | AP | Δ image | Δ pixel | Δ PRO | Δ AP "
+              "| max map diff | max score diff | decisions equal |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+              f"| PyTorch (reference) | - | {_pct(ref['image_auroc'])} | {_pct(ref['pixel_auroc'])} | "
+              f"{_pct(ref['pro'])} | {_pct(ref['ap'])} | | | | | | | |"]
+    for precision, r in report["precisions"].items():
+        d = r.get("delta_points", {})
+        size = f"{r['bytes'] / 1e6:.1f}" if "bytes" in r else "-"
+        decisions = f"{r['decisions_equal']}/{r['images']}" if "decisions_equal" in r else "-"
+        lines.append(f"| {r['file']} ({precision}) | {size} | {_pct(r.get('image_auroc'))} | "
+                     f"{_pct(r.get('pixel_auroc'))} | {_pct(r.get('pro'))} | {_pct(r.get('ap'))} | "
+                     f"{_delta(d.get('image_auroc'))} | {_delta(d.get('pixel_auroc'))} | {_delta(d.get('pro'))} | "
+                     f"{_delta(d.get('ap'))} | {r.get('max_map_diff', 0):.2e} | {r.get('max_score_diff', 0):.2e} | "
+                     f"{decisions} |")
+    return lines

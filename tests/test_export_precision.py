@@ -1,0 +1,197 @@
+"""The export's decision logic that needs no model: the INT8 gate search, conv grouping,
+TensorRT build settings per version, and the engine sidecar checks.
+
+The model-level FP16 / INT8 checks (types, Q/DQ layout, ONNX Runtime parity) live in
+test_export_onnx.py beside the exported models they use; the whole command in test_export_cli.py.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from onnx import TensorProto, helper  # noqa: E402
+
+from prn_edge.errors import PRNError  # noqa: E402
+from prn_edge.export.int8 import ConvGroup, conv_groups, search_keep_float, worst_drop  # noqa: E402
+from prn_edge.export.tensorrt_build import build_settings, tensorrt_major  # noqa: E402
+from prn_edge.runtime import tensorrt_support as ts  # noqa: E402
+
+GATED = ("image_auroc", "pixel_auroc", "pro")
+REF = {"image_auroc": 1.0, "pixel_auroc": 0.98, "pro": 0.97, "ap": 0.9}
+
+
+def metrics(drop_points: float) -> dict:
+    return {k: v - drop_points / 100 for k, v in REF.items()}
+
+
+def groups(*names: str) -> list[ConvGroup]:
+    return [ConvGroup(n, (f"{n}_conv0", f"{n}_conv1"), (f"{n}.0", f"{n}.1")) for n in names]
+
+
+class FakeTrials:
+    """Accuracy that depends on which groups stay in float: each listed group costs its points."""
+
+    def __init__(self, cost: dict[str, float]) -> None:
+        self.cost = cost
+        self.calls: list[set[str]] = []
+
+    def __call__(self, keep: set[str]) -> dict:
+        self.calls.append(set(keep))
+        lost = sum(c for g, c in self.cost.items() if f"{g}_conv0" not in keep)
+        return metrics(lost)
+
+
+def test_worst_drop_is_the_largest_gated_drop_in_points():
+    m = dict(REF, pixel_auroc=REF["pixel_auroc"] - 0.004, pro=REF["pro"] - 0.012, ap=0.0)
+    assert worst_drop(REF, m, GATED) == pytest.approx(1.2)   # AP is not gated
+
+
+def test_gate_passes_at_once_without_a_search():
+    trials = FakeTrials({"a": 0.1, "b": 0.2})
+    out = search_keep_float(groups("a", "b"), trials, REF, GATED, 0.5, progress=lambda s: None)
+    assert out.passed and out.kept == () and out.ranked == () and trials.calls == [set()]
+    assert out.worst_drop == pytest.approx(0.3) == pytest.approx(out.all_int8_drop)
+
+
+def test_gate_keeps_the_most_sensitive_groups_in_float_until_it_holds():
+    trials = FakeTrials({"stem": 3.0, "early": 1.0, "late": 0.2, "head": 0.1})
+    out = search_keep_float(groups("stem", "early", "late", "head"), trials, REF, GATED, 0.5,
+                            progress=lambda s: None)
+    assert out.passed
+    assert [g.name for g in out.kept] == ["stem", "early"]       # worst first, then the next
+    assert [s.group.name for s in out.ranked][:2] == ["stem", "early"]
+    assert out.worst_drop == pytest.approx(0.3)
+    assert out.all_int8_drop == pytest.approx(4.3)
+    # 1 all-INT8 + 4 leave-one-out + 2 cumulative trials
+    assert len(trials.calls) == 7
+    assert trials.calls[-1] == {"stem_conv0", "stem_conv1", "early_conv0", "early_conv1"}
+
+
+def test_gate_fails_and_names_the_groups_when_float_everywhere_but_one_is_needed():
+    trials = FakeTrials({"a": 2.0, "b": 2.0, "c": 2.0})
+    out = search_keep_float(groups("a", "b", "c"), trials, REF, GATED, 0.5, progress=lambda s: None)
+    assert not out.passed
+    assert len(out.kept) == 2                        # never all groups: that would not be INT8
+    assert out.worst_drop == pytest.approx(2.0)
+
+
+def _conv_model(weights: list[str]):
+    nodes, inits = [], []
+    x = "x"
+    for i, w in enumerate(weights):
+        nodes.append(helper.make_node("Conv", [x, w], [f"y{i}"], name=f"conv{i}"))
+        inits.append(helper.make_tensor(w, TensorProto.FLOAT, [1, 1, 1, 1], [1.0]))
+        x = f"y{i}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph)
+
+
+def test_conv_groups_cover_every_conv_once_by_module():
+    weights = ["prn.encoder._conv_stem.weight"] + [f"prn.encoder._blocks.{b}._project_conv.weight"
+                                                   for b in range(6)]
+    weights += ["prn.fuse_features.paths.0.0.weight", "prn.attention.0.qkv.weight", "prn.attention.1.qkv.weight",
+                "prn.decoder.stages.0.up.0.weight", "prn.decoder.head.1.weight"]
+    found = conv_groups(_conv_model(weights))
+    names = [g.name for g in found]
+    assert names == ["encoder.stem", "encoder.blocks[early]", "encoder.blocks[middle]", "encoder.blocks[late]",
+                     "fuse_features", "attention", "decoder.stages", "decoder.head"]
+    all_nodes = [n for g in found for n in g.nodes]
+    assert sorted(all_nodes) == sorted(f"conv{i}" for i in range(len(weights)))
+    assert found[1].modules == ("encoder._blocks.0._project_conv", "encoder._blocks.1._project_conv")
+
+
+@pytest.mark.parametrize(("version", "precision", "expected"), [
+    ("10.3.0.30", "fp32", (False, False, False)),
+    ("10.3.0.30", "fp16", (False, True, False)),
+    ("10.3.0.30", "int8", (False, True, True)),      # explicit Q/DQ still needs the INT8 flag on 10.x
+    ("11.4.0", "fp16", (True, False, False)),        # strongly typed: the ONNX decides
+    ("11.4.0", "int8", (True, False, False)),
+])
+def test_build_settings_per_tensorrt_version(version, precision, expected):
+    s = build_settings(version, precision)
+    assert (s.strongly_typed, s.fp16_flag, s.int8_flag) == expected
+
+
+def test_old_or_unreadable_tensorrt_versions_are_refused():
+    with pytest.raises(PRNError, match="too old"):
+        tensorrt_major("8.6.1")
+    with pytest.raises(PRNError, match="cannot read"):
+        tensorrt_major("banana")
+    with pytest.raises(PRNError, match="unknown precision"):
+        build_settings("10.3", "int4")
+
+
+def _sidecar(**overrides) -> dict:
+    info = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": "fp16",
+            "checkpoint_sha256": "ab" * 32, "plugin_library": "/x/libprn_edge_plugins.so", "input_size": 256,
+            "threshold": 0.4, "onnx": "model.fp16.trt.onnx", "built_at": "2026-11-29T00:00:00"}
+    info.update(overrides)
+    return info
+
+
+def test_sidecar_round_trip_and_compatibility(tmp_path):
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(b"plan")
+    path = ts.write_sidecar(engine, _sidecar())
+    assert path.name == "model.fp16.engine.json"
+    record = ts.read_sidecar(engine)
+    assert record["format"] == ts.SIDECAR_FORMAT and record["compute_capability"] == "8.7"
+    ts.check_engine_compatible(record, engine, tensorrt_version="10.3.0", gpu_name="Jetson AGX Orin",
+                               compute_capability="8.7")   # another name, same capability: fine
+    with pytest.raises(PRNError, match=r"built with TensorRT 10\.3\.0, this is TensorRT 11\.4"):
+        ts.check_engine_compatible(record, engine, tensorrt_version="11.4", gpu_name="Orin", compute_capability="8.7")
+    with pytest.raises(PRNError, match=r"built for Orin \(compute capability 8\.7\), this GPU is H200 \(9\.0\)"):
+        ts.check_engine_compatible(record, engine, tensorrt_version="10.3.0", gpu_name="H200", compute_capability="9.0")
+
+
+def test_bad_sidecars_are_one_line_errors(tmp_path):
+    engine = tmp_path / "model.int8.engine"
+    with pytest.raises(PRNError, match="no sidecar"):
+        ts.read_sidecar(engine)
+    ts.sidecar_path(engine).write_text("{not json")
+    with pytest.raises(PRNError, match="unreadable engine sidecar"):
+        ts.read_sidecar(engine)
+    ts.sidecar_path(engine).write_text(json.dumps({"format": "other"}))
+    with pytest.raises(PRNError, match="not a PRN Edge engine sidecar"):
+        ts.read_sidecar(engine)
+    ts.sidecar_path(engine).write_text(json.dumps({"format": ts.SIDECAR_FORMAT, "precision": "int8"}))
+    with pytest.raises(PRNError, match="missing .*tensorrt_version"):
+        ts.read_sidecar(engine)
+    with pytest.raises(PRNError, match="missing"):
+        ts.write_sidecar(engine, {"precision": "int8"})
+
+
+def test_plugin_library_lookup(tmp_path, monkeypatch):
+    monkeypatch.delenv(ts.PLUGIN_LIBRARY_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PRNError, match="no such plugin library"):
+        ts.find_plugin_library(tmp_path / "missing.so")
+    lib = tmp_path / "libprn_edge_plugins.so"
+    lib.write_bytes(b"\x7fELF")
+    monkeypatch.setenv(ts.PLUGIN_LIBRARY_ENV, str(lib))
+    assert ts.find_plugin_library() == lib.resolve()
+
+    class FakeRegistry:
+        def __init__(self, handle):
+            self.handle, self.loaded = handle, []
+
+        def load_library(self, path):
+            self.loaded.append(path)
+            return self.handle
+
+    class FakeTRT:
+        def __init__(self, handle):
+            self.registry = FakeRegistry(handle)
+
+        def get_plugin_registry(self):
+            return self.registry
+
+    trt = FakeTRT(handle=object())
+    assert ts.load_plugins(trt) == lib.resolve()
+    assert trt.registry.loaded == [str(lib.resolve())]
+    with pytest.raises(PRNError, match="could not load the plugin library"):
+        ts.load_plugins(FakeTRT(handle=None))
