@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.py requirements/torch-cpu.txt
 	touch $@
 
 demo: install
-	$(PY) -m prn_edge.model --config edge --backbone efficientnet_lite0
+	$(PY) -m prn_edge.demo
 
 test: install
 	$(PY) -m pytest

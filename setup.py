@@ -15,9 +15,10 @@ extras = {
     "export": ["torch>=2.6,<3", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "onnx-graphsurgeon>=0.5",
                "polygraphy>=0.49"],
     "gpu": ["cupy-cuda12x>=13"],  # no pycuda: it does not build without a driver (PLATFORM.md)
+    "demo": ["scikit-image>=0.21"],  # the embedded default's CC0 photos (python -m prn_edge.demo)
 }
-extras["dev"] = sorted(set(extras["train"] + extras["export"] + [
-    "pytest>=7", "pytest-timeout>=2", "scikit-image>=0.21"]))
+extras["dev"] = sorted(set(extras["train"] + extras["export"] + extras["demo"] + [
+    "pytest>=7", "pytest-timeout>=2"]))
 
 setup(
     name="prn-edge",
@@ -37,5 +38,6 @@ setup(
         "prn-eval = prn_edge.eval.cli:main",
         "prn-export = prn_edge.export.cli:main",
         "prn-inspect = prn_edge.runtime.cli:main",
+        "prn-bench = prn_edge.bench.cli:main",
     ]},
 )

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "<!-- written by benchmarks/export.py; do not edit by hand -->",
         "# Export: accuracy, size and CPU latency per precision (bottle, PRN edge preset)",
         "",
-        f"Reproduce: `python benchmarks/export.py` (runs `prn-export {' '.join(command[1:])}` on "
+        f"Reproduce: `python benchmarks/export.py` (runs `prn-export {' '.join(command[1:]).replace(str(REPO) + '/', '')}` on "
         f"`{report['checkpoint']}`, the 360-step bottle model of accuracy.md). "
         f"Machine: {platform.machine()}, {report['machine']['cores']} cores, no GPU; ONNX Runtime and PyTorch on "
         f"the CPU with {args.threads} threads.",
@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         "size (half), not speed.",
         "",
     ]
-    body = render_markdown(report).split("\n", 2)[2]   # drop the report's own title
-    write_text_atomic(RESULTS / "export.md", "\n".join(header) + body)
+    report["command"] = report["command"].replace(str(REPO) + "/", "")
+    body = render_markdown(report).split("\n", 2)[2]   # the report without its own title
+    write_text_atomic(RESULTS / "export.md", "\n".join(header) + "\n## The export report\n\n" + body)
     write_json_atomic(RESULTS / "export.json", report)
     print(f"wrote {RESULTS / 'export.md'} (prn-export exit {status})")
     return status
@@ -78,13 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 def int8_forms(fp32: Path, checkpoint: Path, threads: int, rounds: int) -> list[str]:
     """Latency of FP32 vs all-INT8 with symmetric S8 and asymmetric U8 activations, as table lines."""
     import tempfile
-    import time
 
     import numpy as np
 
     from prn_edge.checkpoint import load_checkpoint
     from prn_edge.export.int8 import quantize_int8
-    from prn_edge.export.pipeline import load_calibration
+    from prn_edge.export.pipeline import interleaved_times, load_calibration
     from prn_edge.runtime.engine import OnnxRuntimeEngine
 
     root = Path(load_checkpoint(checkpoint).metadata["data"]["root"])
@@ -94,15 +94,7 @@ def int8_forms(fp32: Path, checkpoint: Path, threads: int, rounds: int) -> list[
         for form in ("s8", "u8"):
             path = quantize_int8(fp32, Path(tmp) / f"{form}.onnx", images, activations=form)
             engines[f"INT8, {form.upper()} activations"] = OnnxRuntimeEngine(path, threads=threads)
-        frame = images[:1]
-        times = {name: [] for name in engines}
-        names = list(engines)
-        for r in range(rounds + 2):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                start = time.perf_counter()
-                engines[name].predict(frame)
-                if r >= 2:
-                    times[name].append(time.perf_counter() - start)
+        times = interleaved_times({name: e.predict for name, e in engines.items()}, images[:1], rounds)
     lines = ["| ONNX Runtime model | median ms | vs FP32 |", "|---|---:|---:|"]
     fp32_ms = float(np.median(times["FP32"])) * 1e3
     for name, t in times.items():

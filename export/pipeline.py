@@ -389,28 +389,34 @@ def _engines(options: ExportOptions, paths: dict[str, Path], staging: Path, say,
 
 
 # --------------------------------------------------------------------------- latency
-def measure_latency(predictor, onnx_paths: dict[str, Path], threads: int, rounds: int, batch: int = 1) -> dict:
-    """Median batch-1 latency of PyTorch eager and each ONNX in ONNX Runtime, interleaved.
+def interleaved_times(runners: dict[str, Callable[[np.ndarray], Any]], frame: np.ndarray, rounds: int,
+                      warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each runner on ``frame``, measured in interleaved rounds.
 
-    Each round runs every backend once on the same frame, in a rotating order, so a slow
-    spell of the machine hits all of them; medians over rounds, after two warm-up rounds.
+    Each round calls every runner once, in an order rotated by one per round, so a slow spell
+    of the machine hits all of them alike; the first ``warmup`` rounds are not recorded.
     """
-    from prn_edge.runtime.engine import OnnxRuntimeEngine
-
-    rng = np.random.default_rng(0)
-    size = predictor.image_size
-    frame = rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
-    runners = {"pytorch-eager:fp32": predictor.predict}
-    for precision, path in onnx_paths.items():
-        runners[f"onnxruntime-cpu:{precision}"] = OnnxRuntimeEngine(path, threads=threads).predict
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds + 2):
+    for r in range(rounds + warmup):
         for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
             runners[name](frame)
-            if r >= 2:
+            if r >= warmup:
                 times[name].append(time.perf_counter() - start)
+    return times
+
+
+def measure_latency(predictor, onnx_paths: dict[str, Path], threads: int, rounds: int, batch: int = 1) -> dict:
+    """Median latency of PyTorch eager and each ONNX in ONNX Runtime, interleaved, on one random frame."""
+    from prn_edge.runtime.engine import OnnxRuntimeEngine
+
+    size = predictor.image_size
+    frame = np.random.default_rng(0).integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
+    runners = {"pytorch-eager:fp32": predictor.predict}
+    for precision, path in onnx_paths.items():
+        runners[f"onnxruntime-cpu:{precision}"] = OnnxRuntimeEngine(path, threads=threads).predict
+    times = interleaved_times(runners, frame, rounds)
     med = {n: float(np.median(t)) * 1e3 for n, t in times.items()}
     ref = med["pytorch-eager:fp32"]
     return {"batch": batch, "rounds": rounds, "threads": threads,

@@ -56,18 +56,28 @@ def test_gate_passes_at_once_without_a_search():
     assert out.worst_drop == pytest.approx(0.3) == pytest.approx(out.all_int8_drop)
 
 
-def test_gate_keeps_the_most_sensitive_groups_in_float_until_it_holds():
+def test_gate_tries_the_input_side_first():
     trials = FakeTrials({"stem": 3.0, "early": 1.0, "late": 0.2, "head": 0.1})
     out = search_keep_float(groups("stem", "early", "late", "head"), trials, REF, GATED, 0.5,
                             progress=lambda s: None)
     assert out.passed
-    assert [g.name for g in out.kept] == ["stem", "early"]       # worst first, then the next
-    assert [s.group.name for s in out.ranked][:2] == ["stem", "early"]
+    assert [g.name for g in out.kept] == ["stem", "early"]
+    assert out.ranked == ()                                      # no ranking needed
+    assert out.worst_drop == pytest.approx(0.3) and out.all_int8_drop == pytest.approx(4.3)
+    assert trials.calls == [set(), {"stem_conv0", "stem_conv1"},
+                            {"stem_conv0", "stem_conv1", "early_conv0", "early_conv1"}]
+
+
+def test_gate_ranks_by_sensitivity_when_the_input_side_is_not_it():
+    trials = FakeTrials({"stem": 0.1, "early": 0.1, "late": 0.1, "head": 3.0})
+    out = search_keep_float(groups("stem", "early", "late", "head"), trials, REF, GATED, 0.5,
+                            progress=lambda s: None)
+    assert out.passed
+    assert [g.name for g in out.kept] == ["head"]                # the one that costs, alone
+    assert out.ranked[0].group.name == "head"
+    # 1 all-INT8 + 2 input-side + 4 leave-one-out + 1 cumulative
+    assert len(trials.calls) == 8
     assert out.worst_drop == pytest.approx(0.3)
-    assert out.all_int8_drop == pytest.approx(4.3)
-    # 1 all-INT8 + 4 leave-one-out + 2 cumulative trials
-    assert len(trials.calls) == 7
-    assert trials.calls[-1] == {"stem_conv0", "stem_conv1", "early_conv0", "early_conv1"}
 
 
 def test_gate_fails_and_names_the_groups_when_float_everywhere_but_one_is_needed():
@@ -75,7 +85,9 @@ def test_gate_fails_and_names_the_groups_when_float_everywhere_but_one_is_needed
     out = search_keep_float(groups("a", "b", "c"), trials, REF, GATED, 0.5, progress=lambda s: None)
     assert not out.passed
     assert len(out.kept) == 2                        # never all groups: that would not be INT8
+    assert len(out.ranked) == 3
     assert out.worst_drop == pytest.approx(2.0)
+    assert len(trials.calls) == 1 + 2 + 3 + 2
 
 
 def _conv_model(weights: list[str]):

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threshold = this quantile of the held-out normal scores (default 1.0: their maximum)")
     p.add_argument("--textures", type=Path, default=None,
                    help="DTD texture folder for heterologous anomalies (default: a 'dtd' folder near --data)")
+    p.add_argument("--foreground", choices=("auto", "object", "texture"), default="auto",
+                   help="where simulated anomalies may go: object (the object found in each image), texture "
+                        "(everywhere) or auto (texture for the MVTec textures and magnetic tile, else object)")
     p.add_argument("--no-ea", action="store_true", help="ablation: no extended anomalies (their share goes to SA)")
     p.add_argument("--no-sa", action="store_true", help="ablation: no simulated anomalies (their share goes to EA)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
@@ -110,7 +113,8 @@ def _run(args: argparse.Namespace) -> int:
     _prepare_out(args.out, args.resume)
     data = load_training_data(args.data, image_size=config.image_size, num_seen=0 if args.no_ea else args.seen,
                               seed=args.seed, calibration_fraction=args.calibration_fraction,
-                              textures=args.textures, cache_dir=args.cache, progress=progress)
+                              textures=args.textures, cache_dir=args.cache, progress=progress,
+                              kind=None if args.foreground == "auto" else args.foreground)
 
     if args.preview is not None:
         return _preview(args, data, synthesis)

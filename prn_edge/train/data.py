@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prn_edge.data.foreground import ForegroundCache, category_kind
+from prn_edge.data.foreground import KINDS, ForegroundCache, category_kind
 from prn_edge.data.mvtec import MVTecCategory, Sample, load_sample, scan_category, split_seen_anomalies
 from prn_edge.data.synthesis import load_textures
 from prn_edge.errors import DataError
@@ -71,7 +71,7 @@ def _stack_images(images: list[np.ndarray]) -> torch.Tensor:
 def load_training_data(data_dir: str | Path, *, image_size: int = 256, num_seen: int = 10, seed: int = 0,
                        calibration_fraction: float = 0.1, textures: str | Path | None = None,
                        texture_limit: int | None = None, cache_dir: str | Path | None = None,
-                       progress=None) -> TrainingData:
+                       progress=None, kind: str | None = None) -> TrainingData:
     """Read a category for training.
 
     Args:
@@ -84,13 +84,17 @@ def load_training_data(data_dir: str | Path, *, image_size: int = 256, num_seen:
         texture_limit: keep at most this many textures.
         cache_dir: foreground mask cache folder (None: compute every time, write nothing).
         progress: optional callable wrapping an iterable (a progress bar).
+        kind: foreground rule, ``"object"`` or ``"texture"`` (None: from the category name,
+            :func:`~prn_edge.data.foreground.category_kind`; a texture is foreground everywhere).
 
     Raises:
         DataError: a missing folder, an unreadable image, a wrong-size mask, an empty split.
     """
-    root = Path(data_dir)
+    root = Path(data_dir).expanduser().absolute()   # sample paths are absolute: names are taken relative to it
     category = scan_category(root)
-    kind = category_kind(category.name)
+    kind = category_kind(category.name) if kind is None else kind
+    if kind not in KINDS:
+        raise DataError(f"foreground kind must be one of {', '.join(KINDS)}, got {kind!r}")
     wrap = progress or (lambda it, **_: it)
 
     normals = list(category.train)

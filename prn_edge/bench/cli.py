@@ -1,0 +1,224 @@
+"""``prn-bench``: latency, throughput, stages and memory of every available backend, interleaved.
+
+The command is a thin view of the API::
+
+    candidates, checkpoint = discover(model_dir, checkpoint=..., threads=...)   # the runtime's loader
+    run = run_benchmark([(c.key, c.open) for c in chosen], BenchSettings(batches=..., duration_s=...))
+    report = build_report(run, cost=model_cost(checkpoint, weight_files), skipped=..., model=...)
+    write_outputs(report, run, json_path=..., md_path=..., plot_path=...)
+
+With no arguments it benchmarks the demo model (``python -m prn_edge.demo`` makes it) on
+whatever this machine offers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from prn_edge.cli import ArgumentParser, run_cli
+from prn_edge.errors import PRNError
+
+PROG = "prn-bench"
+#: Where ``python -m prn_edge.demo`` puts its exported model (and so the default --model).
+DEMO_ROOT = Path(os.environ.get("PRN_EDGE_DEMO", Path.home() / ".cache" / "prn-edge" / "demo"))
+DEMO_MODEL = DEMO_ROOT / "model"
+
+__all__ = ["DEMO_MODEL", "DEMO_ROOT", "build_parser", "main"]
+
+
+def _csv(kind: str, choices: tuple[str, ...] | None = None, cast=str):
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind}, got {text!r}")
+        out = []
+        for item in items:
+            try:
+                value = cast(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not a valid {kind}") from None
+            if choices is not None and value not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {kind} {item!r} (choose from {', '.join(choices)})")
+            if cast is int and value < 1:
+                raise argparse.ArgumentTypeError(f"{kind} must be >= 1, got {item!r}")
+            out.append(value)
+        return out
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _frame(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {text!r}") from None
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``prn-bench``."""
+    from prn_edge.bench.engines import BACKENDS, PRECISIONS
+    from prn_edge.runtime.preprocess import RESIZE_POLICIES
+
+    p = ArgumentParser(
+        prog=PROG,
+        description="Benchmark an exported PRN model on every available backend and precision: latency "
+                    "(mean, median, p90/p95/p99, min, max) per batch size, throughput, a per-stage breakdown "
+                    "(preprocess of a camera frame, compute, postprocess; host<->device where a backend has it), "
+                    "memory, FLOPs and bytes moved with the achieved rates. Backends are measured interleaved in "
+                    "short rounds, so their ratios hold on a noisy machine; unstable cells are flagged. Prints a "
+                    "table and writes JSON, Markdown and a PNG plot.",
+        epilog="examples:\n"
+               f"  prn-bench                                   # the demo model ({DEMO_MODEL})\n"
+               "  prn-bench --model runs/bottle/model --checkpoint runs/bottle/checkpoint.pt --out runs/bench\n"
+               "  prn-bench --model DIR --backends onnxruntime --precisions fp32,int8 --batch 1,8 --duration 30\n"
+               "  prn-bench --model DIR --json b.json --md b.md --plot b.png --threads 2\n\n"
+               "Python: prn_edge.bench.harness.run_benchmark([(key, opener), ...], BenchSettings(...))",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help="export folder: model.onnx, model.fp16.onnx, model.int8.onnx, model.<precision>.engine, "
+                        f"checkpoint.pt (default: the demo's, {DEMO_MODEL}; $PRN_EDGE_DEMO/model when that is set)")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
+                   help="checkpoint.pt for the PyTorch reference and the FLOP count (default: DIR/checkpoint.pt, "
+                        "else the one DIR/export_report.json records under 'checkpoint')")
+    p.add_argument("--backends", type=_csv("backend", BACKENDS), default=None, metavar="B,B",
+                   help=f"backends to run: {', '.join(BACKENDS)} (onnxruntime = its CPU and CUDA providers; "
+                        "default: every one available)")
+    p.add_argument("--precisions", type=_csv("precision", PRECISIONS), default=None, metavar="P,P",
+                   help=f"precisions to run: {', '.join(PRECISIONS)} (default: every one available, except FP16 on "
+                        "ONNX Runtime's CPU provider)")
+    p.add_argument("--batch", type=_csv("batch size", cast=int), default=[1, 8, 32], metavar="N,N",
+                   help="batch sizes (default 1,8,32)")
+    p.add_argument("--warmup", type=_seconds, default=2.0, metavar="S", help="warm-up seconds per engine (default 2)")
+    p.add_argument("--duration", type=_seconds, default=20.0, metavar="S",
+                   help="measured seconds, all engines and batch sizes together (default 20; every cell gets at "
+                        "least 5 iterations, up to 4x this)")
+    p.add_argument("--round", type=_seconds, default=0.3, metavar="S",
+                   help="seconds per visit to one (engine, batch) cell in a round (default 0.3)")
+    p.add_argument("--reference", default="torch:fp32", metavar="BACKEND:PRECISION",
+                   help="what ratios refer to (default torch:fp32, PyTorch eager; else the first engine)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="intra-op threads of PyTorch and ONNX Runtime (default 0: their default, all cores)")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="torch device of the PyTorch / CuPy-fused engines: cpu, cuda, cuda:N (default: cuda if "
+                        "usable, else cpu)")
+    p.add_argument("--frame", type=_frame, default=(720, 1280), metavar="WxH",
+                   help="camera frame size that preprocessing resizes (default 1280x720)")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default="stretch", help="resize policy (default stretch)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="write bench.json, bench.md and bench.png here (default: DIR/bench of the model, unless "
+                        "--json/--md/--plot name files)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the JSON report here")
+    p.add_argument("--md", type=Path, default=None, metavar="FILE", help="write the Markdown report here")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE", help="write the PNG plot here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _outputs(args: argparse.Namespace, model_dir: Path) -> tuple[Path | None, Path | None, Path | None]:
+    """The files to write; folders are checked (or created for --out) before any work."""
+    named = [args.json, args.md, args.plot]
+    if args.out is None and not any(named):
+        args.out = model_dir / "bench"
+    if args.out is not None:
+        out = args.out.expanduser()
+        if out.exists() and not out.is_dir():
+            raise PRNError(f"{out}: exists and is not a folder (--out)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PRNError(f"{out}: cannot create the output folder ({exc.strerror}); choose another --out") from exc
+        named = [p or out / name for p, name in zip(named, ("bench.json", "bench.md", "bench.png"))]
+    for flag, path in zip(("--json", "--md", "--plot"), named):
+        if path is not None and not path.expanduser().parent.is_dir():
+            raise PRNError(f"{path}: its folder does not exist ({flag})")
+    json_path, md_path, plot_path = (None if p is None else p.expanduser() for p in named)
+    return json_path, md_path, plot_path
+
+
+def _choose(candidates, backends, precisions):
+    """(chosen, skipped) from the discovered candidates and the user's filters."""
+    from prn_edge.bench.engines import matches
+
+    chosen, skipped = [], []
+    for c in candidates:
+        if not matches(c, backends, precisions):
+            continue
+        if not c.available or not c.default and precisions is None:
+            skipped.append({"backend": c.backend, "precision": c.precision, "reason": c.reason})
+        else:
+            chosen.append(c)
+    return chosen, skipped
+
+
+def _run(args: argparse.Namespace) -> int:
+    from prn_edge.bench.cost import model_cost
+    from prn_edge.bench.engines import discover
+    from prn_edge.bench.harness import BenchSettings, run_benchmark
+    from prn_edge.bench.report import (
+        build_report,
+        machine_info,
+        render_table,
+        write_outputs,
+    )
+
+    say = (lambda _line: None) if args.quiet else (lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
+    if args.model is None:
+        if not DEMO_MODEL.is_dir():
+            raise PRNError(f"no model given and no demo model at {DEMO_MODEL}: run the demo first "
+                           "(python -m prn_edge.demo) or pass --model DIR")
+        model_dir = DEMO_MODEL
+    else:
+        model_dir = args.model.expanduser()
+    if args.threads < 0:
+        raise PRNError(f"--threads must be >= 0, got {args.threads}")
+    settings = BenchSettings(batches=tuple(args.batch), warmup_s=args.warmup, duration_s=args.duration,
+                             round_s=args.round, frame_hw=args.frame, resize=args.resize, reference=args.reference)
+    settings.validate()
+    candidates, checkpoint = discover(model_dir, checkpoint=args.checkpoint, threads=args.threads, device=args.device)
+    json_path, md_path, plot_path = _outputs(args, model_dir)
+    chosen, skipped = _choose(candidates, args.backends, args.precisions)
+    if not chosen:
+        why = "; ".join(f"{s['backend']}:{s['precision']}: {s['reason']}" for s in skipped) or "nothing matches"
+        raise PRNError(f"no backend to benchmark in {model_dir} ({why})")
+    say(f"benchmarking {', '.join(c.key for c in chosen)} on {model_dir}")
+
+    run = run_benchmark([(c.key, c.open) for c in chosen], settings, progress=say)
+    say("counting FLOPs and bytes")
+    cost = model_cost(checkpoint, {c.key: c.path for c in chosen if c.backend != "torch" and c.path is not None})
+    first = run.engines[0].describe
+    model = {"dir": str(model_dir), "image_size": first.get("image_size"),
+             "checkpoint": None if checkpoint is None else str(checkpoint),
+             "checkpoint_sha256": next((e.describe.get("checkpoint_sha256") for e in run.engines
+                                        if e.describe.get("checkpoint_sha256")), None)}
+    report = build_report(run, cost=cost, skipped=skipped, model=model, machine=machine_info())
+    print(render_table(report))
+    written = write_outputs(report, run, json_path=json_path, md_path=md_path, plot_path=plot_path)
+    if written:
+        print(f"{PROG}: wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``prn-bench``; returns the exit status (0, or 2 for a user error).
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: _run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
