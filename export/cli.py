@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from prn_edge.cli import ArgumentParser, positive_int, run_cli
+from prn_edge.cli import ArgumentParser, bounded_float, positive_int, run_cli
 
 PROG = "prn-export"
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, metavar="DIR",
                    help="MVTec-layout category to measure accuracy on (default: the one the checkpoint "
                         "trained on; its seen anomalies are left out)")
-    p.add_argument("--tolerance", type=_points, default=0.5, metavar="POINTS",
+    p.add_argument("--tolerance", type=bounded_float("points", 0, 100), default=0.5, metavar="POINTS",
                    help="INT8 accuracy gate in percentage points (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default 0)")
     p.add_argument("--threads", type=positive_int, default=2, metavar="N",
@@ -66,16 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="libprn_edge_plugins.so for --engine (default: $PRN_EDGE_PLUGIN_LIB or build/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
-
-
-def _points(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of points, got {text!r}") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"the tolerance is in points from 0 to 100, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,3 +43,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def bounded_float(unit: str, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
+    """argparse ``type=`` for a number of ``unit`` within [low, high], with a one-line usage error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unit}, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low:g}" if high is None else f"from {low:g} to {high:g}" if low is not None \
+                else f"<= {high:g}"
+            raise argparse.ArgumentTypeError(f"expected {unit} {bounds}, got {text!r}")
+        return value
+    return parse

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from prn_edge.cli import ArgumentParser, run_cli
+from prn_edge.cli import ArgumentParser, bounded_float, run_cli
 from prn_edge.errors import PRNError
 
 PROG = "prn-bench"
@@ -48,14 +48,7 @@ def _csv(kind: str, choices: tuple[str, ...] | None = None, cast=str):
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
+_seconds = bounded_float("seconds", 0)
 
 
 def _frame(text: str) -> tuple[int, int]:
