@@ -1,8 +1,9 @@
 """An optional live view for headless devices: the newest overlay as an MJPEG stream over HTTP.
 
 Edge boxes rarely have a display (and pip's OpenCV has no GUI), so ``prn-inspect --view PORT``
-serves ``http://HOST:PORT/`` (a ``multipart/x-mixed-replace`` JPEG stream any browser, VLC or
-OpenCV plays), ``/latest.jpg`` and ``/status`` (the running counts as JSON). The loop only
+serves ``http://HOST:PORT/`` (a small page: the newest overlay and the running counts, refreshed
+by a few lines of JavaScript), ``/stream.mjpg`` (a ``multipart/x-mixed-replace`` JPEG stream any
+browser, VLC or OpenCV plays), ``/latest.jpg`` and ``/status`` (the running counts as JSON). The loop only
 hands over references to its newest frame and detection; rendering and encoding happen in
 the server's threads, only while someone watches, at most ``max_fps`` times a second.
 stdlib + OpenCV only.
@@ -22,6 +23,28 @@ from prn_edge.errors import PRNError, require
 __all__ = ["LiveView"]
 
 BOUNDARY = "prnframe"
+# The page: polls /latest.jpg and /status (simpler and sturdier in every browser than an MJPEG
+# <img>, which some never mark as loaded); data-frames / data-width let a test see it worked.
+PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>prn-inspect</title>
+<style>body{font:14px sans-serif;margin:12px;background:#111;color:#eee}img{max-width:100%}</style></head>
+<body><h1>prn-inspect live view</h1><p id="status">waiting for the first frame...</p>
+<img id="frame" alt="newest frame with its anomaly overlay">
+<script>
+const img = document.getElementById("frame"), status = document.getElementById("status");
+img.onload = () => { document.body.dataset.width = img.naturalWidth; };
+async function tick() {
+  try {
+    const s = await (await fetch("/status", {cache: "no-store"})).json();
+    status.textContent = Object.entries(s).map(([k, v]) => k + ": " + v).join(", ");
+    document.body.dataset.frames = s.frames ?? "";
+    img.src = "/latest.jpg?" + Date.now();
+  } catch (e) { status.textContent = "no connection to prn-inspect"; }
+  setTimeout(tick, 500);
+}
+tick();
+</script></body></html>
+"""
 
 
 class LiveView:
@@ -52,15 +75,18 @@ class LiveView:
                 pass
 
             def do_GET(self):
-                if self.path == "/latest.jpg":
+                path = self.path.split("?", 1)[0]   # the page adds ?time to defeat caches
+                if path == "/latest.jpg":
                     jpeg = view.jpeg()
                     if jpeg is None:
                         self.send_error(503, "no frame yet")
                         return
                     self._send(200, "image/jpeg", jpeg)
-                elif self.path == "/status":
+                elif path == "/status":
                     self._send(200, "application/json", json.dumps(view.status() if view.status else {}).encode())
-                elif self.path in ("/", "/stream.mjpg"):
+                elif path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", PAGE)
+                elif path == "/stream.mjpg":
                     view._stream(self)
                 else:
                     self.send_error(404)
