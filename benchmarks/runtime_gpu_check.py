@@ -48,12 +48,12 @@ def synthetic_images(n: int, seed: int, defect: bool = False) -> np.ndarray:
 
 def build_checkpoint(folder: Path) -> Path:
     import torch
-    from torch import nn
 
     from prn_edge.checkpoint import save_checkpoint
     from prn_edge.config import get_config
     from prn_edge.model import PRN
     from prn_edge.model.backbones import build_backbone
+    from prn_edge.model.random_head import randomize_head
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -63,20 +63,8 @@ def build_checkpoint(folder: Path) -> Path:
     normal = torch.from_numpy(synthetic_images(8, 1)).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         model.build_prototypes([normal], k=4)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():                                 # seeded head, as in tests/test_export_onnx.py
-        for name, m in model.named_modules():
-            if name.startswith("encoder"):
-                continue
-            if isinstance(m, nn.Conv2d):
-                m.weight.normal_(0.0, GAIN / m.weight[0].numel() ** 0.5, generator=g)
-                if m.bias is not None:
-                    m.bias.normal_(0.0, 0.1, generator=g)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0.0, 0.1, generator=g)
-                m.running_mean.normal_(0.0, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
+    randomize_head(model, seed=1, gain=GAIN)            # as in tests/test_export_onnx.py
+    with torch.no_grad():
         x = torch.from_numpy(np.concatenate([synthetic_images(4, 2), synthetic_images(4, 3, True)]))
         scores = model(x.permute(0, 3, 1, 2).float() / 255).score
     # Threshold in the widest gap between the middle scores, so that both decisions occur and a

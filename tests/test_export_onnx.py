@@ -24,7 +24,6 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 gs = pytest.importorskip("onnx_graphsurgeon")
 
-from torch import nn  # noqa: E402
 
 from prn_edge import __version__  # noqa: E402
 from prn_edge.config import PRNConfig, get_config  # noqa: E402
@@ -47,6 +46,7 @@ from prn_edge.model import PRN  # noqa: E402
 from prn_edge.model.attention import multi_size_attention  # noqa: E402
 from prn_edge.model.backbones import build_backbone  # noqa: E402
 from prn_edge.model.prototypes import prototype_residual  # noqa: E402
+from prn_edge.model.random_head import randomize_head  # noqa: E402
 
 MAP_TOL = 1e-4     # max |anomaly_map difference|, ORT vs PyTorch (both FP32)
 SCORE_TOL = 1e-5   # max |score difference|
@@ -82,24 +82,6 @@ def torch_outputs(model, images: np.ndarray):
     with one_thread(), torch.no_grad():
         out = model(to_tensor(images))
     return out.anomaly_map.numpy(), out.score.numpy()
-
-
-def randomize_head(model: PRN, seed: int, gain: float) -> None:
-    """Seeded random weights and BatchNorm statistics for everything but the encoder."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if name.startswith("encoder"):
-                continue
-            if isinstance(m, nn.Conv2d):
-                m.weight.normal_(0.0, gain / m.weight[0].numel() ** 0.5, generator=g)
-                if m.bias is not None:
-                    m.bias.normal_(0.0, 0.1, generator=g)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0.0, 0.1, generator=g)
-                m.running_mean.normal_(0.0, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
 
 
 def build_model(config, backbone, normal: np.ndarray, gain: float) -> PRN:
