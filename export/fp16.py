@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from prn_edge.errors import PRNError, require
+from prn_edge.export.onnx_export import set_metadata
 from prn_edge.export.plugin_spec import FUNCTION_DOMAIN, MULTI_SIZE_ATTENTION_SPEC, PROTO_RESIDUAL_SPEC
 
 # Ops run in FP16 when they are in the body (not in the FP32 head or tail).
@@ -155,7 +156,7 @@ def convert_to_fp16(model):
     del graph.node[:]
     graph.node.extend(nodes + tail)
     del graph.value_info[:]   # stale FP32 types would clash; ORT and TensorRT infer them again
-    _set_precision(model, "fp16")
+    set_metadata(model, "precision", "fp16")
     return model
 
 
@@ -188,7 +189,7 @@ def _fp32_head_and_tail(graph, producer, consumers) -> set[int]:
     normalised float chain). Tail: each graph output's producer and everything downstream.
     """
     keep: set[int] = set()
-    frontier = [name for vi in graph.input for name in [vi.name]]
+    frontier = [vi.name for vi in graph.input]
     while frontier:
         name = frontier.pop()
         for node, _ in consumers.get(name, ()):
@@ -207,11 +208,3 @@ def _fp32_head_and_tail(graph, producer, consumers) -> set[int]:
             frontier.extend(reader for reader, _ in consumers.get(out, ()))
     return keep
 
-
-def _set_precision(model, precision: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == "precision":
-            prop.value = precision
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "precision", precision

@@ -96,9 +96,6 @@ class _Reader:
     def get_next(self):
         return next(self._batches, None)
 
-    def rewind(self):   # not needed for MinMax; ORT's ABC asks for it
-        raise NotImplementedError
-
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray, *,
                   keep_float: Iterable[str] = (), activations: str = "s8") -> Path:
@@ -148,16 +145,12 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
 
 
 def _set_precision(path) -> None:
+    from prn_edge.export.onnx_export import save_model, set_metadata
+
     onnx = require("onnx", "INT8 quantization")
     model = onnx.load(str(path))
-    for prop in model.metadata_props:
-        if prop.key == "precision":
-            prop.value = "int8"
-            break
-    else:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = "precision", "int8"
-    onnx.save(model, str(path))
+    set_metadata(model, "precision", "int8")
+    save_model(model, path)
 
 
 @dataclass(frozen=True)

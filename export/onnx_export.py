@@ -220,6 +220,16 @@ def save_model(model, path: str | os.PathLike) -> int:
     return len(data)
 
 
+def set_metadata(model, key: str, value: str) -> None:
+    """Set (or add) one ``metadata_props`` entry of a ModelProto in place."""
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
 def parse_metadata(props: Mapping[str, str]) -> dict[str, Any]:
     """``metadata_props`` (or ORT's ``custom_metadata_map``) back to Python values.
 

@@ -239,11 +239,12 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
         make_tensorrt_variant(path, staging / trt_variant_name(precision))
 
     if options.engine:
-        report["engines"] = _engines(options, paths, staging, say, report["notes"])
+        from prn_edge.export.onnx_export import parse_metadata
+
+        report["engines"] = _engines(options, paths, parse_metadata(info.metadata), staging, say, report["notes"])
 
     say("latency: ONNX Runtime vs PyTorch eager, interleaved")
-    report["latency"] = measure_latency(prep.predictor, {p: paths[p] for p in paths}, options.threads,
-                                        options.latency_rounds)
+    report["latency"] = measure_latency(prep.predictor, paths, options.threads, options.latency_rounds)
     for precision, path in paths.items():
         report["precisions"][precision]["bytes"] = path.stat().st_size
     report["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
@@ -277,12 +278,13 @@ class _Evaluation:
         self.options, self.prep, self.say = options, prep, say
         self.reference = None   # EvaluationResult of the PyTorch model
 
-    def _run(self, predictor, label: str):
+    def _run(self, predictor, label: str, quiet: bool = False):
         from prn_edge.eval.evaluate import evaluate
 
-        self.say(f"evaluating {label} on {self.prep.category.name}")
+        if not quiet:
+            self.say(f"evaluating {label} on {self.prep.category.name}")
         return evaluate(predictor, self.prep.category, exclude=self.prep.exclude, batch_size=8,
-                        progress=self.options.progress)
+                        progress=self.options.progress and not quiet)
 
     def torch(self) -> dict[str, Any] | None:
         if self.prep.category is None:
@@ -297,23 +299,20 @@ class _Evaluation:
         if self.prep.category is None:
             return record
         engine = OnnxRuntimeEngine(path, threads=self.options.threads)
-        result = self._run(engine, f"ONNX Runtime {precision}") if not quiet else self._quiet(engine)
+        result = self._run(engine, f"ONNX Runtime {precision}", quiet)
         ref = self.reference
         threshold = self.prep.predictor.checkpoint.threshold
         record.update(_metrics_dict(result))
-        record["delta_points"] = {k: round(100 * (record[k] - _metrics_dict(ref)[k]), 3) for k in METRICS}
+        reference = _metrics_dict(ref)
+        record["delta_points"] = {k: round(100 * (record[k] - reference[k]), 3) for k in METRICS}
         record["max_map_diff"] = float(np.abs(result.maps - ref.maps).max())
         record["max_score_diff"] = float(np.abs(result.scores - ref.scores).max())
         record["images"] = result.num_images
         if threshold is not None:
-            same = (result.scores >= threshold) == (ref.scores >= threshold)
+            # The runtime's rule (prn_edge.runtime.postprocess.decide): anomalous when score > threshold.
+            same = (result.scores > threshold) == (ref.scores > threshold)
             record["decisions_equal"] = int(same.sum())
         return record
-
-    def _quiet(self, engine):
-        from prn_edge.eval.evaluate import evaluate
-
-        return evaluate(engine, self.prep.category, exclude=self.prep.exclude, batch_size=8, progress=False)
 
 
 def _metrics_dict(result) -> dict[str, float]:
@@ -364,8 +363,9 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     return record, False
 
 
-def _engines(options: ExportOptions, paths: dict[str, Path], staging: Path, say, notes: list[str]) -> dict:
-    from prn_edge.export.onnx_export import parse_metadata
+def _engines(options: ExportOptions, paths: dict[str, Path], metadata: dict[str, Any], staging: Path, say,
+             notes: list[str]) -> dict:
+    """One engine per precision; ``metadata`` (input size, threshold, hash) is the same for all of them."""
     from prn_edge.export.tensorrt_build import build_engine, import_tensorrt
 
     try:
@@ -374,12 +374,9 @@ def _engines(options: ExportOptions, paths: dict[str, Path], staging: Path, say,
         say(f"no engines: {exc}")
         notes.append(f"--engine: {exc}")
         return {"built": False, "reason": str(exc)}
-    onnx = _onnx()
     built = {}
     for precision in paths:
         trt_onnx = staging / trt_variant_name(precision)
-        metadata = parse_metadata({p.key: p.value for p in onnx.load(str(trt_onnx), load_external_data=False)
-                                   .metadata_props})
         say(f"building TensorRT engine ({precision})")
         built[precision] = build_engine(trt_onnx, staging / engine_name(precision), precision,
                                         metadata=metadata, max_batch=options.max_batch,
@@ -429,11 +426,11 @@ def measure_latency(predictor, onnx_paths: dict[str, Path], threads: int, rounds
 def _publish(staging: Path, out: Path, report: dict[str, Any], say) -> None:
     """Write the report into staging, then move every file into ``out`` (each move atomic)."""
     from prn_edge.export.report import render_markdown
-    from prn_edge.io import _fsync_dir, write_json_atomic, write_text_atomic
+    from prn_edge.io import fsync_dir, write_json_atomic, write_text_atomic
 
     write_json_atomic(staging / "export_report.json", report)
     write_text_atomic(staging / "export_report.md", render_markdown(report))
     for path in sorted(staging.iterdir()):
         os.replace(path, out / path.name)
-    _fsync_dir(out)
+    fsync_dir(out)
     say(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")

@@ -43,10 +43,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # Make the rename itself durable (POSIX); not possible on every platform.
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
