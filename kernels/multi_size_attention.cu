@@ -485,6 +485,34 @@ extern "C" size_t prn_msa_workspace(int B, int heads, int channels, int H, int W
     return prn::msa_plan(B, heads, channels, H, W, dtype, true, &plan, nullptr) ? plan.workspace_bytes : 0;
 }
 
+namespace {
+
+// The kernels of one storage type T; the launch sequence below is the same for both.
+template <typename T>
+struct MsaKernels {
+    void (*scores)(const T*, float*, int, int, int, int, int, int, int, int);
+    void (*output)(const T*, const float*, T*, int, int, int, int, int, int, int, int);
+};
+
+template <typename T>
+void msa_launches(const MsaKernels<T>& k, const prn::MsaPlan& m, const void* qkv, void* out, float* partial,
+                  float* weights, cudaStream_t stream) {
+    auto x = static_cast<const T*>(qkv);
+    const int vec = m.vec > 1 ? 1 : 0;
+    const int* sp = m.splits;  // 0 past the last head
+    const int* gr = m.groups;
+    const int round_half = sizeof(T) == 2 ? 1 : 0;  // weights rounded like the reference's .to(v.dtype)
+    const dim3 g1(m.score_blocks, m.B), g2(static_cast<unsigned>(prn::ceil_div(m.rows_per_image, prn::kWarps)), m.B),
+        g3(m.out_blocks, m.B);
+    PRN_LAUNCH(k.scores, g1, prn::kThreads, stream)(x, partial, m.heads, m.c, m.H, vec, sp[0], sp[1], sp[2], sp[3]);
+    PRN_LAUNCH(prn_msa_softmax, g2, prn::kThreads, stream)(partial, weights, m.heads, m.c, m.H, sp[0], sp[1], sp[2],
+                                                           sp[3], round_half);
+    PRN_LAUNCH(k.output, g3, prn::kThreads, stream)(x, weights, static_cast<T*>(out), m.heads, m.c, m.H, vec, gr[0],
+                                                    gr[1], gr[2], gr[3]);
+}
+
+}  // namespace
+
 extern "C" cudaError_t prn_msa_enqueue(const void* qkv, void* out, void* workspace, size_t workspace_bytes, int B,
                                        int heads, int channels, int H, int W, int dtype, cudaStream_t stream) {
     const bool aligned = ((reinterpret_cast<uintptr_t>(qkv) | reinterpret_cast<uintptr_t>(out)) & 15u) == 0;
@@ -494,28 +522,10 @@ extern "C" cudaError_t prn_msa_enqueue(const void* qkv, void* out, void* workspa
         return cudaErrorInvalidValue;
     float* partial = static_cast<float*>(workspace);
     float* weights = reinterpret_cast<float*>(static_cast<char*>(workspace) + m.weights_offset);
-    const int vec = m.vec > 1 ? 1 : 0;
-    const int sp[4] = {m.splits[0], m.splits[1], m.splits[2], m.splits[3]};
-    const int gr[4] = {m.groups[0], m.groups[1], m.groups[2], m.groups[3]};
-    const dim3 g1(m.score_blocks, B), g2(static_cast<unsigned>(prn::ceil_div(m.rows_per_image, prn::kWarps)), B),
-        g3(m.out_blocks, B);
-    if (dtype == prn::kF32) {
-        auto x = static_cast<const float*>(qkv);
-        prn_msa_scores_f32<<<g1, prn::kThreads, 0, stream>>>(x, partial, heads, m.c, H, vec, sp[0], sp[1], sp[2],
-                                                             sp[3]);
-        prn_msa_softmax<<<g2, prn::kThreads, 0, stream>>>(partial, weights, heads, m.c, H, sp[0], sp[1], sp[2], sp[3],
-                                                          0);
-        prn_msa_output_f32<<<g3, prn::kThreads, 0, stream>>>(x, weights, static_cast<float*>(out), heads, m.c, H, vec,
-                                                             gr[0], gr[1], gr[2], gr[3]);
-    } else {
-        auto x = static_cast<const prn::half_t*>(qkv);
-        prn_msa_scores_f16<<<g1, prn::kThreads, 0, stream>>>(x, partial, heads, m.c, H, vec, sp[0], sp[1], sp[2],
-                                                             sp[3]);
-        prn_msa_softmax<<<g2, prn::kThreads, 0, stream>>>(partial, weights, heads, m.c, H, sp[0], sp[1], sp[2], sp[3],
-                                                          1);
-        prn_msa_output_f16<<<g3, prn::kThreads, 0, stream>>>(x, weights, static_cast<prn::half_t*>(out), heads, m.c,
-                                                             H, vec, gr[0], gr[1], gr[2], gr[3]);
-    }
+    if (dtype == prn::kF32)
+        msa_launches<float>({prn_msa_scores_f32, prn_msa_output_f32}, m, qkv, out, partial, weights, stream);
+    else
+        msa_launches<prn::half_t>({prn_msa_scores_f16, prn_msa_output_f16}, m, qkv, out, partial, weights, stream);
     return cudaGetLastError();
 }
 #endif  // __CUDACC_RTC__

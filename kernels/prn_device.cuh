@@ -17,17 +17,25 @@ typedef unsigned short half_t;  // IEEE binary16 bits
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(half_t h) {
+#ifdef PRN_CPU_EMULATION  // kernels/emulator: the same conversion, bit for bit, in C++
+    return cuda_emu::half_to_float(h);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 template <typename T> __device__ __forceinline__ T from_float(float f);
 template <> __device__ __forceinline__ float from_float<float>(float f) { return f; }
 template <> __device__ __forceinline__ half_t from_float<half_t>(float f) {
+#ifdef PRN_CPU_EMULATION
+    return cuda_emu::float_to_half(f);
+#else
     half_t h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));  // round to nearest even, like torch
     return h;
+#endif
 }
 
 // Round an FP32 value to the storage precision T and back (identity for FP32): reproduces

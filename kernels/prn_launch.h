@@ -9,7 +9,13 @@
 
 #include <cstddef>
 
+#ifndef PRN_CPU_EMULATION
 #include <cuda_runtime_api.h>
+
+// kernel<<<grid, block, 0, stream>>>(args...), spelled as a macro so that the CPU emulator
+// (kernels/emulator/) can run the same launcher code.
+#define PRN_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#endif
 
 extern "C" {
 

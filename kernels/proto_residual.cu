@@ -313,6 +313,33 @@ extern "C" size_t prn_proto_residual_workspace(int B, int K, long long D, int dt
     return bytes;
 }
 
+namespace {
+
+// The kernels of one storage type T; the launch sequence below is the same for both.
+template <typename T>
+struct ProtoKernels {
+    void (*dot_small_batch)(const T*, const T*, float*, int, int, long long, int, long long, int);  // KT = 8
+    void (*dot_large_batch)(const T*, const T*, float*, int, int, long long, int, long long, int);  // KT = 4
+    void (*residual)(const T*, const T*, const int*, T*, long long, int, int);
+};
+
+template <typename T>
+void proto_launches(const ProtoKernels<T>& k, const prn::ProtoPlan& plan, const void* features, const void* bank,
+                    const float* sqnorm, void* out, float* partial, int* index, int mode, cudaStream_t stream) {
+    auto f = static_cast<const T*>(features);
+    auto p = static_cast<const T*>(bank);
+    const dim3 dot_grid(plan.slices, plan.kblocks);
+    const dim3 res_grid(static_cast<unsigned>(prn::ceil_div(plan.D, prn::kThreads * 8)), plan.B);
+    auto dot = plan.kt == prn::kProtoKTSmall ? k.dot_small_batch : k.dot_large_batch;
+    PRN_LAUNCH(dot, dot_grid, prn::kThreads, stream)(f, p, partial, plan.B, plan.K, plan.D, plan.wd, plan.per_warp,
+                                                     plan.vec);
+    PRN_LAUNCH(prn_proto_argmin, plan.B, prn::kThreads, stream)(partial, sqnorm, index, plan.B, plan.K, plan.slices);
+    PRN_LAUNCH(k.residual, res_grid, prn::kThreads, stream)(f, p, index, static_cast<T*>(out), plan.D, mode,
+                                                            plan.residual_vec);
+}
+
+}  // namespace
+
 extern "C" cudaError_t prn_proto_residual_enqueue(const void* features, const void* bank, const float* sqnorm,
                                                   void* out, void* workspace, size_t workspace_bytes, int B,
                                                   int K, long long D, int mode, int dtype, cudaStream_t stream) {
@@ -324,27 +351,14 @@ extern "C" cudaError_t prn_proto_residual_enqueue(const void* features, const vo
         return cudaErrorInvalidValue;
     float* partial = static_cast<float*>(workspace);
     int* index = reinterpret_cast<int*>(static_cast<char*>(workspace) + plan.index_offset);
-    const dim3 dot_grid(plan.slices, plan.kblocks);
-    const dim3 res_grid(static_cast<unsigned>(prn::ceil_div(D, prn::kThreads * 8)), B);
-    if (dtype == prn::kF32) {
-        auto f = static_cast<const float*>(features);
-        auto p = static_cast<const float*>(bank);
-        auto dot = plan.kt == prn::kProtoKTSmall ? prn_proto_dot_k8_f32 : prn_proto_dot_k4_f32;
-        dot<<<dot_grid, prn::kThreads, 0, stream>>>(f, p, partial, B, K, D, plan.wd, plan.per_warp, plan.vec);
-        prn_proto_argmin<<<B, prn::kThreads, 0, stream>>>(partial, sqnorm, index, B, K, plan.slices);
-        prn_proto_residual_f32<<<res_grid, prn::kThreads, 0, stream>>>(f, p, index, static_cast<float*>(out), D,
-                                                                       mode, plan.residual_vec);
-    } else if (dtype == prn::kF16) {
-        auto f = static_cast<const prn::half_t*>(features);
-        auto p = static_cast<const prn::half_t*>(bank);
-        auto dot = plan.kt == prn::kProtoKTSmall ? prn_proto_dot_k8_f16 : prn_proto_dot_k4_f16;
-        dot<<<dot_grid, prn::kThreads, 0, stream>>>(f, p, partial, B, K, D, plan.wd, plan.per_warp, plan.vec);
-        prn_proto_argmin<<<B, prn::kThreads, 0, stream>>>(partial, sqnorm, index, B, K, plan.slices);
-        prn_proto_residual_f16<<<res_grid, prn::kThreads, 0, stream>>>(f, p, index, static_cast<prn::half_t*>(out),
-                                                                       D, mode, plan.residual_vec);
-    } else {
+    if (dtype == prn::kF32)
+        proto_launches<float>({prn_proto_dot_k8_f32, prn_proto_dot_k4_f32, prn_proto_residual_f32}, plan, features,
+                              bank, sqnorm, out, partial, index, mode, stream);
+    else if (dtype == prn::kF16)
+        proto_launches<prn::half_t>({prn_proto_dot_k8_f16, prn_proto_dot_k4_f16, prn_proto_residual_f16}, plan,
+                                    features, bank, sqnorm, out, partial, index, mode, stream);
+    else
         return cudaErrorInvalidValue;
-    }
     return cudaGetLastError();
 }
 #endif  // __CUDACC_RTC__

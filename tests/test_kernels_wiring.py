@@ -2,18 +2,18 @@
 
 A wrong argument count or an int where the kernel takes ``long long`` compiles and launches
 silently and only shows up as garbage on a GPU. Here ``prn_edge.kernels`` builds its launches
-against a fake ``cupy`` (NumPy arrays, recording kernels), and every recorded launch is checked
+against a fake ``cupy`` (``fake_cupy.py``: NumPy arrays, recording kernels), and every recorded launch is checked
 against the ``extern "C"`` signature parsed from the ``.cu`` source: pointers get arrays, ``int``
 gets int32, ``long long`` gets int64, and the grids are within CUDA's limits.
 """
 from __future__ import annotations
 
 import re
-import sys
-import types
 
+import fake_cupy as fake_cupy_module
 import numpy as np
 import pytest
+from fake_cupy import FakeArray
 
 from prn_edge.kernels import KERNEL_FILES, kernels_dir, msa_plan, proto_plan
 
@@ -38,57 +38,9 @@ def _signatures() -> dict[str, list[str]]:
     return out
 
 
-class FakeArray(np.ndarray):
-    @property
-    def data(self):  # noqa: D401 - CuPy's MemoryPointer
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
-
-    @property
-    def device(self):
-        return FakeDevice(0)
-
-
-class FakeDevice:
-    def __init__(self, id=0):  # noqa: A002 - CuPy's name
-        self.id = id
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class FakeKernel:
-    def __init__(self, name, log):
-        self.name, self.log = name, log
-
-    def __call__(self, grid, block, args, **kwargs):
-        self.log.append((self.name, grid, block, args))
-
-
 @pytest.fixture
 def fake_cupy(monkeypatch):
-    log: list = []
-    cp = types.ModuleType("cupy")
-    cp.ndarray = FakeArray
-    cp.float32, cp.float16, cp.int32 = np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int32)
-    cp.empty = lambda shape, dtype=np.float32: np.empty(shape, dtype).view(FakeArray)
-    cp.ascontiguousarray = lambda x: np.ascontiguousarray(x).view(FakeArray)
-
-    class RawModule:
-        def __init__(self, code, options=()):
-            assert "-std=c++17" in options and 'extern "C"' in code
-
-        def get_function(self, name):
-            return FakeKernel(name, log)
-
-    cp.RawModule = RawModule
-    cp.cuda = types.SimpleNamespace(Device=FakeDevice, ExternalStream=None)
-    monkeypatch.setitem(sys.modules, "cupy", cp)
-    from prn_edge.kernels import _cupy
-    monkeypatch.setattr(_cupy, "_MODULES", {})
-    return cp, log
+    return fake_cupy_module.install(monkeypatch, execute=False)
 
 
 def _check(log, signatures):
