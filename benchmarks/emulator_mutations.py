@@ -39,7 +39,7 @@ MUTATIONS = [
      "            const long long d = base + i * kThreads + threadIdx.x;\n            if (d + 1 < D) {",
      "scalar residual path skips the last element"),
     ("proto_residual.cu", "const float diff = round_to<T>(f[i] - p[i]);", "const float diff = f[i] - p[i];",
-     "FP16 difference not rounded to storage before |.| / square"),
+     "FP16 difference not rounded to storage before abs() or square"),
     ("multi_size_attention.cu", "        stage_zero_tail<N>(Ks, ev);\n", "",
      "score stage: K's ragged tail not zeroed"),
     ("multi_size_attention.cu", "                    acc[r][cc] = s;\n                }\n        }\n        __syncthreads();",
@@ -59,6 +59,13 @@ MUTATIONS = [
     ("multi_size_attention.cu", "const int vec = m.vec > 1 ? 1 : 0;", "const int vec = 1;",
      "plugin launcher: vector staging even when W % 4 != 0"),
 ]
+
+
+EXPECTED_SURVIVORS = (
+    "Expected survivor: leaving the FP16 softmax weights unrounded changes them by at most one FP16 "
+    "ulp and makes the kernel closer to float64, so it passes the FP16 bound (2e-3, and at most twice "
+    "the FP16 reference's own error against float64); rounding them is there to match the reference's "
+    "distribution, which a tolerance cannot tell apart.")
 
 
 def run(mutation, workdir: Path) -> tuple[str, float, str]:
@@ -99,7 +106,7 @@ def main() -> int:
     for (name, _, _, what), verdict, seconds, detail in rows:
         lines.append(f"| `{name}` | {what} | {verdict} ({seconds:.0f} s) | {detail.replace('|', '/')} |")
     caught = sum(v == "caught" for _, v, _, _ in rows)
-    lines += ["", f"{caught} of {len(rows)} caught."]
+    lines += ["", f"{caught} of {len(rows)} caught.", "", EXPECTED_SURVIVORS]
     write_text_atomic(RESULTS, "\n".join(lines) + "\n")
     print(f"{caught} of {len(rows)} caught -> {RESULTS}")
     return 0

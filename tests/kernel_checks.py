@@ -137,8 +137,9 @@ def check_msa(qkv, heads, out, seed):
 
 # ---- real inputs: bottle images through the EfficientNet-Lite0 encoder -------------------------
 def bottle_stages(bottle_dir, device):
-    """An edge-preset PRN with 5 prototypes per scale from 12 good bottle images, and the stages
-    of 7 test images (4 defective, 3 good): the features and attention inputs of real images."""
+    """An edge-preset PRN with 5 prototypes per scale from 12 good bottle images, the stages of 7
+    test images (4 defective, 3 good: the features and attention inputs of real images), and
+    those images."""
     from prn_edge.config import get_config
     from prn_edge.data.mvtec import load_image, scan_category
     from prn_edge.model import PRN
@@ -153,6 +154,7 @@ def bottle_stages(bottle_dir, device):
     model = PRN(get_config("edge")).to(device).eval()
     model.build_prototypes([images(category.train[:12])], k=5)
     test = [s for s in category.test if s.label == 1][:4] + [s for s in category.test if s.label == 0][:3]
+    batch = images(test)
     with torch.no_grad():
-        record = model.stages(images(test))
-    return model, record
+        record = model.stages(batch)
+    return model, record, batch

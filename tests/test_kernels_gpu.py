@@ -133,7 +133,7 @@ def bottle(bottle_dir):
 
 
 def test_real_features_and_attention_inputs(bottle):
-    model, record = bottle
+    model, record, _ = bottle
     for j, bank in enumerate(model.banks):
         features = record[f"encoder F{j + 1}"]
         for dtype in DTYPES:
