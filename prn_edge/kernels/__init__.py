@@ -8,7 +8,8 @@ Two ops, each matching its PyTorch reference (the definition every backend is te
 FP32 and FP16 storage, FP32 arithmetic. The same ``.cu`` sources are compiled into the TensorRT
 plugin library by ``CMakeLists.txt`` (``kernels/plugins/``). Importing this package needs
 neither CuPy nor a GPU; :func:`fused_available` says whether the kernels can run here and why
-not. Shared names: :data:`KERNEL_FILES` (sources and their entry points),
+not; :mod:`prn_edge.kernels.emulator` runs the same sources on a CPU, for the tests. Shared names:
+:data:`KERNEL_FILES` (sources and their entry points),
 :func:`kernels_dir`, :func:`load_source`, and the launch plans :func:`proto_plan`,
 :func:`msa_plan` (the Python twin of ``kernels/prn_plan.h``).
 """
