@@ -48,8 +48,36 @@ struct Head {
 constexpr int kScoreSmem = 2 * 64 * Head<64>::SE;                         // Qs + Ks, N = 64: 4608 floats
 constexpr int kOutSmem = 2 * 64 * Head<64>::SE + 64 * (64 + kMsaPad);     // Vt + Ot + Wt: 8960 floats
 
+// Where staged element `idx` of units [u0, u0 + nu) lives. Elements are ordered unit by unit
+// (unit ul = (channel, row in patch) of the head's c maps), then token row gy, then image column
+// x; image column x of token row gy holds token t = gy*G + x/p, token element e = ul*p + x%p.
+template <int N>
+struct StageElem {
+    static constexpr int G = Head<N>::G, SE = Head<N>::SE;
+    int x;            // image column
+    int row;          // shared-memory offset of (token row gy, e = ul*p)
+    long long global; // element offset in the operand (c maps of H x W)
+
+    __device__ __forceinline__ StageElem(int idx, int u0, int p, int W, long long HW) {
+        const int row_elems = G * W;  // one unit: G image rows
+        const int ul = idx / row_elems;
+        const int rem = idx - ul * row_elems;
+        const int gy = rem / W;
+        x = rem - gy * W;
+        const int u = u0 + ul;
+        const int ch = u / p;
+        const int py = u - ch * p;
+        global = ch * HW + static_cast<long long>(gy * p + py) * W + x;
+        row = gy * G * SE + ul * p;
+    }
+    // Shared-memory offset of image column xc in the image row whose token row starts at `row`.
+    __device__ __forceinline__ static int smem(int row, int xc, int p) {
+        const int gx = xc / p;
+        return row + gx * SE + (xc - gx * p);
+    }
+};
+
 // Copy units [u0, u0 + nu) of one head's operand (c maps of H x W at `base`) into sm[t][e].
-// Element (unit ul, token row gy, image column x) -> token t = gy*G + x/p, e = ul*p + x%p.
 //
 // Vector path (W % 4 == 0, 16-byte aligned maps): a stage is at most kMsaStage elements, i.e.
 // at most 2 vectors of 4 per thread; fetch() issues all of a thread's global loads (for Q and K
@@ -57,29 +85,23 @@ constexpr int kOutSmem = 2 * 64 * Head<64>::SE + 64 * (64 + kMsaPad);     // Vt 
 // token-major layout. The scalar path (odd shapes only) is a plain loop.
 template <typename T, int N>
 struct StageVec {
-    static constexpr int G = Head<N>::G, SE = Head<N>::SE;
+    static constexpr int G = Head<N>::G;
     static constexpr int PER = kMsaStage / (kThreads * 4);
     float v[PER][4];
-    int row[PER];  // shared-memory offset of (token row gy, e = ul*p), -1: no element
+    int row[PER];  // StageElem::row of the first of the 4 elements, -1: no element
     int x[PER];    // image column of the first of the 4 elements
 
     __device__ __forceinline__ void fetch(const T* __restrict__ base, int u0, int nu, int p, int W, long long HW) {
-        const int row_elems = G * W;  // one unit: G image rows
-        const int total = nu * row_elems;
+        const int total = nu * G * W;
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
             const int idx = (threadIdx.x + i * kThreads) * 4;
             row[i] = -1;
             if (idx < total) {
-                const int ul = idx / row_elems;
-                const int rem = idx - ul * row_elems;
-                const int gy = rem / W;
-                x[i] = rem - gy * W;
-                const int u = u0 + ul;
-                const int ch = u / p;
-                const int py = u - ch * p;
-                load_vec(base + ch * HW + static_cast<long long>(gy * p + py) * W + x[i], v[i]);
-                row[i] = gy * G * SE + ul * p;
+                const StageElem<N> e(idx, u0, p, W, HW);
+                x[i] = e.x;
+                load_vec(base + e.global, v[i]);
+                row[i] = e.row;
             }
         }
     }
@@ -88,10 +110,7 @@ struct StageVec {
         for (int i = 0; i < PER; ++i) {
             if (row[i] >= 0) {
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const int gx = (x[i] + k) / p;
-                    sm[row[i] + gx * SE + (x[i] + k - gx * p)] = v[i][k];
-                }
+                for (int k = 0; k < 4; ++k) sm[StageElem<N>::smem(row[i], x[i] + k, p)] = v[i][k];
             }
         }
     }
@@ -100,22 +119,13 @@ struct StageVec {
 template <typename T, int N>
 __device__ __forceinline__ void stage_load_scalar(const T* __restrict__ base, float* sm, int u0, int nu, int p,
                                                   int W, long long HW) {
-    constexpr int G = Head<N>::G, SE = Head<N>::SE;
-    const int row_elems = G * W;
-    const int total = nu * row_elems;
+    const int total = nu * Head<N>::G * W;
 #pragma unroll 1
     for (int idx = threadIdx.x; idx < total; idx += kThreads) {
-        const int ul = idx / row_elems;
-        const int rem = idx - ul * row_elems;
-        const int gy = rem / W;
-        const int x = rem - gy * W;
-        const int u = u0 + ul;
-        const int ch = u / p;
-        const int py = u - ch * p;
+        const StageElem<N> e(idx, u0, p, W, HW);
         float v[1];
-        load_vec(base + ch * HW + static_cast<long long>(gy * p + py) * W + x, v);
-        const int gx = x / p;
-        sm[(gy * G + gx) * SE + ul * p + (x - gx * p)] = v[0];
+        load_vec(base + e.global, v);
+        sm[StageElem<N>::smem(e.row, e.x, p)] = v[0];
     }
 }
 
@@ -123,40 +133,22 @@ __device__ __forceinline__ void stage_load_scalar(const T* __restrict__ base, fl
 template <typename T, int N>
 __device__ __forceinline__ void stage_store(T* __restrict__ base, const float* sm, int u0, int nu, int p, int W,
                                             long long HW, int vec) {
-    constexpr int G = Head<N>::G, SE = Head<N>::SE;
-    const int row_elems = G * W;
-    const int total = nu * row_elems;
+    const int total = nu * Head<N>::G * W;
     if (vec) {
 #pragma unroll 1
         for (int idx = threadIdx.x * 4; idx < total; idx += kThreads * 4) {
-            const int ul = idx / row_elems;
-            const int rem = idx - ul * row_elems;
-            const int gy = rem / W;
-            const int x = rem - gy * W;
-            const int u = u0 + ul;
-            const int ch = u / p;
-            const int py = u - ch * p;
+            const StageElem<N> e(idx, u0, p, W, HW);
             float v[4];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const int gx = (x + k) / p;
-                v[k] = sm[(gy * G + gx) * SE + ul * p + (x + k - gx * p)];
-            }
-            store_vec(base + ch * HW + static_cast<long long>(gy * p + py) * W + x, v);
+            for (int k = 0; k < 4; ++k) v[k] = sm[StageElem<N>::smem(e.row, e.x + k, p)];
+            store_vec(base + e.global, v);
         }
     } else {
 #pragma unroll 1
         for (int idx = threadIdx.x; idx < total; idx += kThreads) {
-            const int ul = idx / row_elems;
-            const int rem = idx - ul * row_elems;
-            const int gy = rem / W;
-            const int x = rem - gy * W;
-            const int u = u0 + ul;
-            const int ch = u / p;
-            const int py = u - ch * p;
-            const int gx = x / p;
-            const float v[1] = {sm[(gy * G + gx) * SE + ul * p + (x - gx * p)]};
-            store_vec(base + ch * HW + static_cast<long long>(gy * p + py) * W + x, v);
+            const StageElem<N> e(idx, u0, p, W, HW);
+            const float v[1] = {sm[StageElem<N>::smem(e.row, e.x, p)]};
+            store_vec(base + e.global, v);
         }
     }
 }
