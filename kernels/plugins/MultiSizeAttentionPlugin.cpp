@@ -6,46 +6,12 @@
 #include "prn_launch.h"
 
 #include <algorithm>
-#include <cstring>
-#include <exception>
+#include <string>
 
 using namespace nvinfer1;
 
 namespace prn_edge {
 namespace plugin {
-
-namespace {
-constexpr char const* kHeadsField = "num_heads";
-constexpr int32_t kMaxHeads = 4;  // n = 1, 4, 16, 64 tokens (kMsaMaxHeads in kernels/prn_constants.h)
-}  // namespace
-
-MultiSizeAttentionPlugin::MultiSizeAttentionPlugin(int32_t numHeads) : mNumHeads(numHeads) {}
-
-MultiSizeAttentionPlugin::MultiSizeAttentionPlugin(MultiSizeAttentionPlugin const& other)
-    : IPluginV3(), IPluginV3OneCore(), IPluginV3OneBuild(), IPluginV3OneRuntime(), mNumHeads(other.mNumHeads) {}
-
-IPluginCapability* MultiSizeAttentionPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept {
-    switch (type) {
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* MultiSizeAttentionPlugin::clone() noexcept {
-    try {
-        return new MultiSizeAttentionPlugin(*this);
-    } catch (std::exception const& e) {
-        logError(kName, std::string("clone failed: ") + e.what());
-    }
-    return nullptr;
-}
-
-char const* MultiSizeAttentionPlugin::getPluginName() const noexcept { return kName; }
-char const* MultiSizeAttentionPlugin::getPluginVersion() const noexcept { return kPluginVersion; }
-char const* MultiSizeAttentionPlugin::getPluginNamespace() const noexcept { return kPluginNamespace; }
-int32_t MultiSizeAttentionPlugin::getNbOutputs() const noexcept { return 1; }
 
 int32_t MultiSizeAttentionPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                                   DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept {
@@ -60,7 +26,7 @@ int32_t MultiSizeAttentionPlugin::configurePlugin(DynamicPluginTensorDesc const*
     }
     int64_t const C = x.d[1], H = x.d[2], W = x.d[3];
     if (C >= 0 && H >= 0 && W >= 0 &&
-        prn_msa_workspace(1, mNumHeads, static_cast<int>(C), static_cast<int>(H), static_cast<int>(W), 0) == 0) {
+        prn_msa_workspace(1, mField, static_cast<int>(C), static_cast<int>(H), static_cast<int>(W), 0) == 0) {
         logError(kName, "unsupported qkv shape (C=" + std::to_string(C) + ", H=" + std::to_string(H) +
                             ", W=" + std::to_string(W) + "): C must be 3*num_heads*c, H == W divisible by "
                             "2^(num_heads-1), and 2^(num_heads-1) * W <= 2048");
@@ -101,7 +67,7 @@ size_t MultiSizeAttentionPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*
     Dims const& mx = inputs[0].max;
     size_t bytes = 0;  // linear in B; C, H, W are fixed by the model
     for (int dtype = 0; dtype < 2; ++dtype)
-        bytes = std::max(bytes, prn_msa_workspace(static_cast<int>(std::max<int64_t>(1, mx.d[0])), mNumHeads,
+        bytes = std::max(bytes, prn_msa_workspace(static_cast<int>(std::max<int64_t>(1, mx.d[0])), mField,
                                                   static_cast<int>(mx.d[1]), static_cast<int>(mx.d[2]),
                                                   static_cast<int>(mx.d[3]), dtype));
     return bytes;
@@ -121,60 +87,15 @@ int32_t MultiSizeAttentionPlugin::enqueue(PluginTensorDesc const* inputDesc, Plu
     int const H = static_cast<int>(x.d[2]), W = static_cast<int>(x.d[3]);
     if (B == 0) return 0;
     int const dtype = kernelDType(inputDesc[0].type);
-    size_t const needed = prn_msa_workspace(B, mNumHeads, C, H, W, dtype);
+    size_t const needed = prn_msa_workspace(B, mField, C, H, W, dtype);
     cudaError_t const err =
-        prn_msa_enqueue(inputs[0], outputs[0], workspace, needed, B, mNumHeads, C, H, W, dtype, stream);
+        prn_msa_enqueue(inputs[0], outputs[0], workspace, needed, B, mField, C, H, W, dtype, stream);
     if (err != cudaSuccess) {
         logError(kName, std::string("launch failed: ") + cudaGetErrorString(err) + " (qkv " + std::to_string(B) +
                             "x" + std::to_string(C) + "x" + std::to_string(H) + "x" + std::to_string(W) + ")");
         return -1;
     }
     return 0;
-}
-
-IPluginV3* MultiSizeAttentionPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
-
-PluginFieldCollection const* MultiSizeAttentionPlugin::getFieldsToSerialize() noexcept {
-    mSerialFields.clear();
-    mSerialFields.emplace_back(kHeadsField, &mNumHeads, PluginFieldType::kINT32, 1);
-    mSerialFC.nbFields = static_cast<int32_t>(mSerialFields.size());
-    mSerialFC.fields = mSerialFields.data();
-    return &mSerialFC;
-}
-
-// ---- creator ----------------------------------------------------------------------------------
-MultiSizeAttentionPluginCreator::MultiSizeAttentionPluginCreator() {
-    mFields.emplace_back(kHeadsField, nullptr, PluginFieldType::kINT32, 1);
-    mFC.nbFields = static_cast<int32_t>(mFields.size());
-    mFC.fields = mFields.data();
-}
-
-char const* MultiSizeAttentionPluginCreator::getPluginName() const noexcept { return MultiSizeAttentionPlugin::kName; }
-char const* MultiSizeAttentionPluginCreator::getPluginVersion() const noexcept { return kPluginVersion; }
-char const* MultiSizeAttentionPluginCreator::getPluginNamespace() const noexcept { return kPluginNamespace; }
-PluginFieldCollection const* MultiSizeAttentionPluginCreator::getFieldNames() noexcept { return &mFC; }
-
-IPluginV3* MultiSizeAttentionPluginCreator::createPlugin(char const*, PluginFieldCollection const* fc,
-                                                         TensorRTPhase) noexcept {
-    try {
-        int64_t heads = 4;  // PRN's four patch sizes
-        for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
-            PluginField const& field = fc->fields[i];
-            if (field.name != nullptr && std::strcmp(field.name, kHeadsField) == 0 && !readIntField(field, &heads)) {
-                logError(MultiSizeAttentionPlugin::kName, "field 'num_heads' must be an integer");
-                return nullptr;
-            }
-        }
-        if (heads < 1 || heads > kMaxHeads) {
-            logError(MultiSizeAttentionPlugin::kName,
-                     "field 'num_heads' must be 1 to 4, got " + std::to_string(heads));
-            return nullptr;
-        }
-        return new MultiSizeAttentionPlugin(static_cast<int32_t>(heads));
-    } catch (std::exception const& e) {
-        logError(MultiSizeAttentionPlugin::kName, std::string("createPlugin failed: ") + e.what());
-    }
-    return nullptr;
 }
 
 }  // namespace plugin

@@ -12,31 +12,21 @@
 #include <NvInferRuntime.h>
 
 #include <cstdint>
-#include <string>
-#include <vector>
+
+#include "PrnPluginBase.h"
 
 namespace prn_edge {
 namespace plugin {
 
-class MultiSizeAttentionPlugin : public nvinfer1::IPluginV3,
-                            public nvinfer1::IPluginV3OneCore,
-                            public nvinfer1::IPluginV3OneBuild,
-                            public nvinfer1::IPluginV3OneRuntime {
+class MultiSizeAttentionPlugin : public PrnPlugin<MultiSizeAttentionPlugin> {
 public:
     static constexpr char const* kName = "MultiSizeAttention";
+    static constexpr char const* kField = "num_heads";
+    static constexpr int64_t kFieldDefault = 4;  // PRN's four patch sizes
+    // n = 1, 4, 16, 64 tokens: kMsaMaxHeads in kernels/prn_constants.h.
+    static char const* fieldRule(int64_t heads) noexcept { return heads >= 1 && heads <= 4 ? nullptr : "1 to 4"; }
 
-    explicit MultiSizeAttentionPlugin(int32_t numHeads);
-    MultiSizeAttentionPlugin(MultiSizeAttentionPlugin const& other);
-    ~MultiSizeAttentionPlugin() override = default;
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
+    using PrnPlugin::PrnPlugin;
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -49,9 +39,9 @@ public:
                             nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
                                    int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-                            nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+                            nvinfer1::DynamicPluginTensorDesc const* outputs,
+                            int32_t nbOutputs) const noexcept override;
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
@@ -59,31 +49,9 @@ public:
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
                     void const* const* inputs, void* const* outputs, void* workspace,
                     cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-
-private:
-    int32_t mNumHeads;
-    std::vector<nvinfer1::PluginField> mSerialFields;
-    nvinfer1::PluginFieldCollection mSerialFC{};
 };
 
-class MultiSizeAttentionPluginCreator : public nvinfer1::IPluginCreatorV3One {
-public:
-    MultiSizeAttentionPluginCreator();
-    ~MultiSizeAttentionPluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
-                                      nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFC{};
-};
+using MultiSizeAttentionPluginCreator = PrnPluginCreator<MultiSizeAttentionPlugin>;
 
 }  // namespace plugin
 }  // namespace prn_edge

@@ -6,9 +6,7 @@
 #include "prn_launch.h"
 
 #include <algorithm>
-#include <cstring>
-#include <exception>
-#include <memory>
+#include <string>
 
 using namespace nvinfer1;
 
@@ -16,37 +14,8 @@ namespace prn_edge {
 namespace plugin {
 
 namespace {
-constexpr char const* kModeField = "mode";
 constexpr int32_t kNbInputs = 3;  // features, prototypes, sqnorm
 }  // namespace
-
-ProtoResidualPlugin::ProtoResidualPlugin(int32_t mode) : mMode(mode) {}
-
-ProtoResidualPlugin::ProtoResidualPlugin(ProtoResidualPlugin const& other)
-    : IPluginV3(), IPluginV3OneCore(), IPluginV3OneBuild(), IPluginV3OneRuntime(), mMode(other.mMode) {}
-
-IPluginCapability* ProtoResidualPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept {
-    switch (type) {
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* ProtoResidualPlugin::clone() noexcept {
-    try {
-        return new ProtoResidualPlugin(*this);
-    } catch (std::exception const& e) {
-        logError(kName, std::string("clone failed: ") + e.what());
-    }
-    return nullptr;
-}
-
-char const* ProtoResidualPlugin::getPluginName() const noexcept { return kName; }
-char const* ProtoResidualPlugin::getPluginVersion() const noexcept { return kPluginVersion; }
-char const* ProtoResidualPlugin::getPluginNamespace() const noexcept { return kPluginNamespace; }
-int32_t ProtoResidualPlugin::getNbOutputs() const noexcept { return 1; }
 
 int32_t ProtoResidualPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                              DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept {
@@ -141,58 +110,13 @@ int32_t ProtoResidualPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
     size_t const needed = prn_proto_residual_workspace(static_cast<int>(B), static_cast<int>(K), D, dtype);
     cudaError_t const err = prn_proto_residual_enqueue(inputs[0], inputs[1], static_cast<float const*>(inputs[2]),
                                                        outputs[0], workspace, needed, static_cast<int>(B),
-                                                       static_cast<int>(K), D, mMode, dtype, stream);
+                                                       static_cast<int>(K), D, mField, dtype, stream);
     if (err != cudaSuccess) {
         logError(kName, std::string("launch failed: ") + cudaGetErrorString(err) + " (B=" + std::to_string(B) +
                             ", K=" + std::to_string(K) + ", D=" + std::to_string(D) + ")");
         return -1;
     }
     return 0;
-}
-
-IPluginV3* ProtoResidualPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
-
-PluginFieldCollection const* ProtoResidualPlugin::getFieldsToSerialize() noexcept {
-    mSerialFields.clear();
-    mSerialFields.emplace_back(kModeField, &mMode, PluginFieldType::kINT32, 1);
-    mSerialFC.nbFields = static_cast<int32_t>(mSerialFields.size());
-    mSerialFC.fields = mSerialFields.data();
-    return &mSerialFC;
-}
-
-// ---- creator ----------------------------------------------------------------------------------
-ProtoResidualPluginCreator::ProtoResidualPluginCreator() {
-    mFields.emplace_back(kModeField, nullptr, PluginFieldType::kINT32, 1);
-    mFC.nbFields = static_cast<int32_t>(mFields.size());
-    mFC.fields = mFields.data();
-}
-
-char const* ProtoResidualPluginCreator::getPluginName() const noexcept { return ProtoResidualPlugin::kName; }
-char const* ProtoResidualPluginCreator::getPluginVersion() const noexcept { return kPluginVersion; }
-char const* ProtoResidualPluginCreator::getPluginNamespace() const noexcept { return kPluginNamespace; }
-PluginFieldCollection const* ProtoResidualPluginCreator::getFieldNames() noexcept { return &mFC; }
-
-IPluginV3* ProtoResidualPluginCreator::createPlugin(char const*, PluginFieldCollection const* fc,
-                                                    TensorRTPhase) noexcept {
-    try {
-        int64_t mode = 0;  // abs, the paper's wording
-        for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
-            PluginField const& field = fc->fields[i];
-            if (field.name != nullptr && std::strcmp(field.name, kModeField) == 0 && !readIntField(field, &mode)) {
-                logError(ProtoResidualPlugin::kName, "field 'mode' must be an integer (0 abs, 1 square)");
-                return nullptr;
-            }
-        }
-        if (mode != 0 && mode != 1) {
-            logError(ProtoResidualPlugin::kName,
-                     "field 'mode' must be 0 (abs) or 1 (square), got " + std::to_string(mode));
-            return nullptr;
-        }
-        return new ProtoResidualPlugin(static_cast<int32_t>(mode));
-    } catch (std::exception const& e) {
-        logError(ProtoResidualPlugin::kName, std::string("createPlugin failed: ") + e.what());
-    }
-    return nullptr;
 }
 
 }  // namespace plugin
