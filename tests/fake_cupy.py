@@ -47,7 +47,7 @@ class Guarded:
     """Allocations with NaN-byte guard zones on both sides, checked on demand."""
 
     def __init__(self):
-        self._raw: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._live: weakref.WeakSet = weakref.WeakSet()  # the guards of the arrays still alive
 
     def empty(self, shape, dtype, misalign: int = 0) -> FakeArray:
         """An uninitialised array, ``misalign`` bytes past a 16-byte boundary."""
@@ -57,8 +57,8 @@ class Guarded:
         raw = np.full(nbytes + 2 * GUARD + 16, 0xFF, np.uint8)
         start = GUARD + (-raw.ctypes.data % 16) + misalign
         arr = raw[start:start + nbytes].view(dtype).reshape(shape).view(FakeArray)
-        arr._holder = holder = _Holder(raw, start, start + nbytes)  # lives (and is checked) as long as arr
-        self._raw[id(holder)] = holder
+        arr._guard = guard = _Guard(raw, start, start + nbytes)  # lives (and is checked) as long as arr
+        self._live.add(guard)
         return arr
 
     def copy(self, t) -> FakeArray:
@@ -69,13 +69,13 @@ class Guarded:
         return arr
 
     def check(self, what: str) -> None:
-        for holder in list(self._raw.values()):
-            raw, lo, hi = holder.raw, holder.lo, holder.hi
+        for guard in list(self._live):
+            raw, lo, hi = guard.raw, guard.lo, guard.hi
             if (raw[:lo] != 0xFF).any() or (raw[hi:] != 0xFF).any():
                 raise AssertionError(f"{what} wrote outside an allocation of {hi - lo} bytes")
 
 
-class _Holder:
+class _Guard:
     def __init__(self, raw, lo, hi):
         self.raw, self.lo, self.hi = raw, lo, hi
 

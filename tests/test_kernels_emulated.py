@@ -180,12 +180,12 @@ def test_cupy_and_plugin_launches_give_identical_bits(monkeypatch, dtype):
     cupy_path, plugin_path = CupyPath(monkeypatch), PluginPath()
     features, bank, sqnorm, _, _ = proto_inputs((40, 8, 8), 11, 37, dtype, "cpu")
     outs = [torch.full_like(features, float("nan")) for _ in range(2)]
-    idx = [p.proto(features, bank, sqnorm, "square", o) for p, o in zip((cupy_path, plugin_path), outs)]
+    idx = [p.proto(features, bank, sqnorm, "square", o) for p, o in zip((cupy_path, plugin_path), outs, strict=True)]
     assert torch.equal(idx[0], idx[1])
     assert outs[0].numpy().tobytes() == outs[1].numpy().tobytes()
     qkv, _ = qkv_inputs(3, 4, 24, 16, dtype, "cpu")
     outs = [torch.full((3, 96, 16, 16), float("nan"), dtype=dtype) for _ in range(2)]
-    for p, o in zip((cupy_path, plugin_path), outs):
+    for p, o in zip((cupy_path, plugin_path), outs, strict=True):
         p.msa(qkv, 4, o)
     assert outs[0].numpy().tobytes() == outs[1].numpy().tobytes()
 

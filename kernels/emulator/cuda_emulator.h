@@ -180,7 +180,7 @@ struct Fiber {
 
 struct Barrier {
     unsigned arrived = 0, gen = 0;
-    const void* site = nullptr;  // call site of the first arrival in this phase
+    const char* site = nullptr;  // call site ("file:line") of the first arrival in this phase
 };
 
 struct Block {
@@ -235,12 +235,11 @@ inline void abandon_thread() {
 }
 
 // Block until `bar` has released the phase this fiber arrived in.
-inline void arrive(Barrier& bar, unsigned expected, Wait kind, const void* site) {
+inline void arrive(Barrier& bar, unsigned expected, Wait kind, const char* site) {
     Block& b = state();
     Fiber& f = b.fibers[b.current];
-    const char* here = static_cast<const char*>(site);
     if (bar.arrived == 0) bar.site = site;
-    else if (kind == Wait::block && std::strcmp(static_cast<const char*>(bar.site), here) != 0) {
+    else if (kind == Wait::block && std::strcmp(bar.site, site) != 0) {
         fail("__syncthreads reached from two different places in one phase (divergent barrier)");
         abandon_thread();
     }

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from prn_edge.errors import PRNError
+from prn_edge.kernels._plan import proto_plan
 from prn_edge.kernels._source import kernels_dir
 
 _FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-ffp-contract=off",
@@ -124,11 +125,6 @@ def schedule_seed() -> int:
         return int(os.environ.get("PRN_EMU_SCHEDULE_SEED", "1"))
     except ValueError as exc:
         raise PRNError(f"PRN_EMU_SCHEDULE_SEED must be an integer, got {os.environ['PRN_EMU_SCHEDULE_SEED']!r}") from exc
-
-
-def set_schedule_seed(seed: int) -> None:
-    """Change the emulated thread order (0: index order; else a shuffle per round from ``seed``)."""
-    library().prn_emu_set_schedule_seed(int(seed))
 
 
 def entries() -> list[str]:
@@ -262,7 +258,6 @@ def proto_residual_enqueue(features: np.ndarray, bank: np.ndarray, sqnorm: np.nd
                        lambda ws_ptr, ws_bytes: lib.prn_proto_residual_enqueue(
                            _pointer(features), _pointer(bank), _pointer(sqnorm), _pointer(out), ws_ptr, ws_bytes,
                            B, K, D, int(mode), code, None))
-    from prn_edge.kernels._plan import proto_plan
     plan = proto_plan(B, K, D, dtype.itemsize, True)  # the index sits where the plan puts it
     return ws[plan.index_offset:plan.index_offset + 4 * B].view(np.int32).copy()
 
