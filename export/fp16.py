@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from prn_edge.errors import PRNError, require
-from prn_edge.export.onnx_export import set_metadata
+from prn_edge.contract.metadata import set_metadata
 from prn_edge.export.plugin_spec import FUNCTION_DOMAIN, MULTI_SIZE_ATTENTION_SPEC, PROTO_RESIDUAL_SPEC
 
 # Ops run in FP16 when they are in the body (not in the FP32 head or tail).

@@ -145,7 +145,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
 
 
 def _set_precision(path) -> None:
-    from prn_edge.export.onnx_export import save_model, set_metadata
+    from prn_edge.contract.metadata import set_metadata
+    from prn_edge.export.onnx_export import save_model
 
     onnx = require("onnx", "INT8 quantization")
     model = onnx.load(str(path))

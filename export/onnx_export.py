@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from prn_edge import __version__
+from prn_edge.contract.metadata import build_metadata, parse_metadata
 from prn_edge.errors import PRNError, require
 from prn_edge.export.plugin_spec import (
     FUNCTION_DOMAIN,
@@ -62,15 +63,6 @@ BATCH_DIM = "batch"            # dim_param of the dynamic batch axis
 DEFAULT_OPSET = 19             # the lowest the prn functions allow (string Equal): widest TensorRT support
 # A ModelProto is one protobuf message: 2 GiB is a hard limit of the format.
 MAX_PROTOBUF_BYTES = 2 ** 31 - 1
-FORMAT = "prn-edge-onnx"
-FORMAT_VERSION = 1
-
-# Keys of model.metadata_props. Values are strings: JSON for dicts, decimal text for numbers,
-# "" for "unknown" (threshold of an uncalibrated model, hash of a model not loaded from a file).
-METADATA_KEYS = ("format", "format_version", "config", "num_prototypes", "input_size", "input_format",
-                 "normalization", "threshold", "checkpoint_sha256", "exporter_version", "opset", "batch")
-_JSON_KEYS = ("config", "normalization", "plugins")   # "plugins": set by the TensorRT surgery
-_INT_KEYS = ("format_version", "num_prototypes", "input_size", "opset")
 
 
 @dataclass(frozen=True)
@@ -175,20 +167,9 @@ def export_onnx(model_or_checkpoint_path, path: str | os.PathLike, *, opset: int
     proto.graph.name = "prn_edge"
     proto.doc_string = (f"PRN anomaly detector ({config.preset} config, {config.backbone}), exported by "
                         f"prn_edge {__version__}: uint8 NHWC RGB image -> anomaly_map, score")
-    metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "config": json.dumps(config.to_dict(), sort_keys=True),
-        "num_prototypes": str(model.num_prototypes),
-        "input_size": str(size),
-        "input_format": "uint8 NHWC RGB",
-        "normalization": json.dumps(normalization, sort_keys=True),
-        "threshold": "" if threshold is None else repr(float(threshold)),
-        "checkpoint_sha256": sha256 or "",
-        "exporter_version": __version__,
-        "opset": str(opset),
-        "batch": str(static_batch) if static_batch else "dynamic",
-    }
+    metadata = build_metadata(config=config.to_dict(), num_prototypes=model.num_prototypes, input_size=size,
+                              normalization=normalization, threshold=threshold, checkpoint_sha256=sha256,
+                              exporter_version=__version__, opset=opset, batch=static_batch)
     onnx.helper.set_model_props(proto, metadata)
 
     _check_size(proto.ByteSize(), what="the exported ONNX model")
@@ -218,39 +199,6 @@ def save_model(model, path: str | os.PathLike) -> int:
     with atomic_write(path) as handle:
         handle.write(data)
     return len(data)
-
-
-def set_metadata(model, key: str, value: str) -> None:
-    """Set (or add) one ``metadata_props`` entry of a ModelProto in place."""
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value
-
-
-def parse_metadata(props: Mapping[str, str]) -> dict[str, Any]:
-    """``metadata_props`` (or ORT's ``custom_metadata_map``) back to Python values.
-
-    JSON keys become dicts, counts become ints, ``threshold`` a float, "" becomes None.
-    Unknown keys are passed through as strings.
-    """
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        if value == "" and key in ("threshold", "checkpoint_sha256"):
-            out[key] = None
-        elif key in _JSON_KEYS:
-            out[key] = json.loads(value)
-        elif key in _INT_KEYS:
-            out[key] = int(value)
-        elif key == "threshold":
-            out[key] = float(value)
-        elif key == "batch":
-            out[key] = None if value == "dynamic" else int(value)
-        else:
-            out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------

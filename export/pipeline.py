@@ -239,7 +239,7 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
         make_tensorrt_variant(path, staging / trt_variant_name(precision))
 
     if options.engine:
-        from prn_edge.export.onnx_export import parse_metadata
+        from prn_edge.contract.metadata import parse_metadata
 
         report["engines"] = _engines(options, paths, parse_metadata(info.metadata), staging, say, report["notes"])
 

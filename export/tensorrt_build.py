@@ -88,7 +88,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
         metadata: the ONNX metadata (``input_size``, ``threshold``, ``checkpoint_sha256``).
         max_batch, opt_batch: the optimisation profile of the dynamic batch axis (min 1).
         plugin_library: the plugin ``.so`` (default: found as in
-            :func:`~prn_edge.runtime.tensorrt_support.find_plugin_library`).
+            :func:`~prn_edge.runtime.backends.tensorrt_support.find_plugin_library`).
         timing_cache: the timing cache file (default: beside the engine).
 
     Returns:
@@ -97,7 +97,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
     Raises:
         PRNError: TensorRT or Polygraphy missing, no GPU, the plugins missing, or the build failing.
     """
-    from prn_edge.runtime.tensorrt_support import current_device, load_plugins, write_sidecar
+    from prn_edge.runtime.backends.tensorrt_support import current_device, load_plugins, write_sidecar
 
     if not 1 <= opt_batch <= max_batch:
         raise PRNError(f"need 1 <= opt_batch <= max_batch, got {opt_batch} and {max_batch}")

@@ -31,7 +31,8 @@ from prn_edge.data.mvtec import load_image  # noqa: E402
 from prn_edge.errors import PRNError  # noqa: E402
 from prn_edge.export import onnx_export  # noqa: E402
 from prn_edge.export.functions import prn_functions  # noqa: E402
-from prn_edge.export.onnx_export import METADATA_KEYS, export_onnx, parse_metadata  # noqa: E402
+from prn_edge.contract.metadata import METADATA_KEYS, parse_metadata  # noqa: E402
+from prn_edge.export.onnx_export import export_onnx  # noqa: E402
 from prn_edge.export.plugin_spec import (  # noqa: E402
     FUNCTION_DOMAIN,
     MULTI_SIZE_ATTENTION,

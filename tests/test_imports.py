@@ -57,8 +57,8 @@ def test_every_runtime_module_and_prn_inspect_help_import_without_torch():
         import prn_edge.runtime as rt
         import prn_edge.runtime.cli, prn_edge.runtime.engine, prn_edge.runtime.loader, prn_edge.runtime.loop
         import prn_edge.runtime.pipeline, prn_edge.runtime.postprocess, prn_edge.runtime.sources
-        import prn_edge.runtime.store, prn_edge.runtime.tensorrt_engine, prn_edge.runtime.torch_engine
-        import prn_edge.runtime.view, prn_edge.runtime.tensorrt_support
+        import prn_edge.runtime.store, prn_edge.runtime.backends.tensorrt, prn_edge.runtime.torch_engine
+        import prn_edge.runtime.view, prn_edge.runtime.backends.tensorrt_support
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
             prn_edge.runtime.cli.main(["--help"])

@@ -176,7 +176,7 @@ def fakes(monkeypatch, tmp_path):
     for name, module in (("tensorrt", trt), ("cupy", cp), ("cupyx", cupyx)):
         monkeypatch.setitem(sys.modules, name, module)
 
-    from prn_edge.runtime.tensorrt_support import write_sidecar
+    from prn_edge.runtime.backends.tensorrt_support import write_sidecar
 
     library = tmp_path / "lib" / "libprn_edge_plugins.so"
     library.parent.mkdir()
@@ -197,7 +197,7 @@ def reference(images):
 
 
 def test_buffers_graphs_and_results(fakes):
-    from prn_edge.runtime.tensorrt_engine import TensorRTEngine
+    from prn_edge.runtime.backends.tensorrt import TensorRTEngine
 
     engine = TensorRTEngine(fakes.path)
     ctx = fakes.engine.contexts[0]
@@ -228,7 +228,7 @@ def test_buffers_graphs_and_results(fakes):
 
 
 def test_engine_that_cannot_be_captured_runs_without_graphs(fakes, monkeypatch):
-    from prn_edge.runtime.tensorrt_engine import TensorRTEngine
+    from prn_edge.runtime.backends.tensorrt import TensorRTEngine
 
     engine = TensorRTEngine(fakes.path)
     engine.stream.fail_capture = True
@@ -242,7 +242,7 @@ def test_engine_that_cannot_be_captured_runs_without_graphs(fakes, monkeypatch):
 
 def test_wrong_engines_are_refused(fakes):
     from prn_edge.runtime.loader import load_engine
-    from prn_edge.runtime.tensorrt_engine import TensorRTEngine
+    from prn_edge.runtime.backends.tensorrt import TensorRTEngine
 
     fakes.engine.names = ["input", "output"]
     with pytest.raises(PRNError, match="not the PRN contract"):
@@ -262,8 +262,8 @@ def test_wrong_engines_are_refused(fakes):
 
 def test_engine_for_another_gpu_or_tensorrt_or_without_its_plugins(fakes, monkeypatch):
     from prn_edge.runtime import tensorrt_support
-    from prn_edge.runtime.tensorrt_engine import TensorRTEngine
-    from prn_edge.runtime.tensorrt_support import write_sidecar
+    from prn_edge.runtime.backends.tensorrt import TensorRTEngine
+    from prn_edge.runtime.backends.tensorrt_support import write_sidecar
 
     write_sidecar(fakes.path, {**fakes.sidecar, "tensorrt_version": "10.4.0"})
     with pytest.raises(PRNError, match="built with TensorRT 10.4.0, this is TensorRT 10.3.0"):
@@ -284,7 +284,7 @@ def test_engine_for_another_gpu_or_tensorrt_or_without_its_plugins(fakes, monkey
 
 
 def test_static_batch_engine(fakes):
-    from prn_edge.runtime.tensorrt_engine import TensorRTEngine
+    from prn_edge.runtime.backends.tensorrt import TensorRTEngine
 
     fakes.engine.static_batch = 1
     engine = TensorRTEngine(fakes.path)

@@ -62,7 +62,7 @@ def _frame(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``prn-bench``."""
     from prn_edge.bench.engines import BACKENDS, PRECISIONS
-    from prn_edge.runtime.preprocess import RESIZE_POLICIES
+    from prn_edge.imaging.preprocess import RESIZE_POLICIES
 
     p = ArgumentParser(
         prog=PROG,

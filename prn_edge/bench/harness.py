@@ -3,7 +3,7 @@
 What one *iteration* of a cell (engine, batch size B) times, with the runtime's own functions
 (the path ``prn-inspect`` runs, batched):
 
-- ``preprocess``: :func:`prn_edge.runtime.preprocess.prepare_frame` on B camera-sized BGR
+- ``preprocess``: :func:`prn_edge.imaging.preprocess.prepare_frame` on B camera-sized BGR
   frames (default 1280x720) -> one uint8 (B, S, S, 3) batch;
 - ``compute``: ``engine.predict(batch)``. Where an engine separates host-to-device copy,
   compute and device-to-host copy it reports them in ``engine.last_timings`` (seconds, keys
@@ -228,7 +228,7 @@ class _Runner:
 
     def __init__(self, key: str, engine, frames: list[np.ndarray], settings: BenchSettings, clock) -> None:
         from prn_edge.runtime.pipeline import InspectConfig
-        from prn_edge.runtime.preprocess import frame_geometry
+        from prn_edge.imaging.preprocess import frame_geometry
 
         self.key = key
         self.engine = engine
@@ -250,7 +250,7 @@ class _Runner:
     def iterate(self, batch: int) -> dict[str, float]:
         """One timed iteration; seconds per stage (NaN for stages that do not exist here)."""
         from prn_edge.runtime.postprocess import decide, find_regions
-        from prn_edge.runtime.preprocess import prepare_frame
+        from prn_edge.imaging.preprocess import prepare_frame
 
         clock, n = self.clock, len(self.frames)
         t0 = clock()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from prn_edge.errors import DataError, PRNError, require
-from prn_edge.runtime.preprocess import resize_image, to_rgb
+from prn_edge.imaging.preprocess import resize_image, to_rgb
 
 cv2 = require("cv2", "reading images")
 

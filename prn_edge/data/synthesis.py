@@ -31,7 +31,7 @@ import torch
 from prn_edge.data.perlin import perlin_noise
 from prn_edge.data.mvtec import load_image
 from prn_edge.errors import DataError, PRNError, require
-from prn_edge.runtime.preprocess import resize_image
+from prn_edge.imaging.preprocess import resize_image
 
 kornia = require("kornia", "anomaly synthesis")
 

@@ -28,7 +28,7 @@ from prn_edge.runtime.loop import (
 )
 from prn_edge.runtime.pipeline import Detection, InspectConfig, Pipeline
 from prn_edge.runtime.postprocess import Region, decide, find_regions, render_overlay
-from prn_edge.runtime.preprocess import (
+from prn_edge.imaging.preprocess import (
     RESIZE_POLICIES,
     FrameGeometry,
     crop_roi,

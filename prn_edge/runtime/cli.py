@@ -57,7 +57,7 @@ def _roi(text: str) -> tuple[int, int, int, int]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``prn-inspect``."""
     from prn_edge.runtime.loader import BACKENDS, PRECISIONS
-    from prn_edge.runtime.preprocess import RESIZE_POLICIES
+    from prn_edge.imaging.preprocess import RESIZE_POLICIES
 
     p = ArgumentParser(
         prog=PROG,

@@ -218,7 +218,7 @@ def _fused_reason() -> str:
 def _build(candidate: Candidate, *, threads: int, device: str | None, plugin_library) -> Engine:
     name = candidate.backend
     if name == "tensorrt":
-        from prn_edge.runtime.tensorrt_engine import TensorRTEngine
+        from prn_edge.runtime.backends.tensorrt import TensorRTEngine
 
         return TensorRTEngine(candidate.path, plugin_library=plugin_library)
     if name.startswith("onnxruntime"):

@@ -24,7 +24,7 @@ from prn_edge.runtime.postprocess import (
     render_overlay,
     resolve_threshold,
 )
-from prn_edge.runtime.preprocess import (
+from prn_edge.imaging.preprocess import (
     RESIZE_POLICIES,
     FrameGeometry,
     frame_geometry,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from prn_edge.errors import PRNError, require
-from prn_edge.runtime.preprocess import FrameGeometry
+from prn_edge.imaging.preprocess import FrameGeometry
 
 __all__ = ["Region", "decide", "find_regions", "render_overlay", "resolve_threshold"]
 
@@ -108,7 +108,7 @@ def render_overlay(frame: np.ndarray, amap: np.ndarray, geometry: FrameGeometry,
     Args:
         frame: the original BGR uint8 frame (any size).
         amap: its ``(S, S)`` anomaly map in [0, 1].
-        geometry: from :func:`~prn_edge.runtime.preprocess.frame_geometry`.
+        geometry: from :func:`~prn_edge.imaging.preprocess.frame_geometry`.
         regions: from :func:`find_regions` (frame pixels).
         score, threshold, anomalous: printed in the corner.
         alpha: heat-map opacity where the map is 1 (it fades with the map value).

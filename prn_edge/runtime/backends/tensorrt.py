@@ -10,7 +10,7 @@ batch size replays the engine's kernels when the engine allows capture (it does 
 instance, with data-dependent shapes); otherwise ``execute_async_v3`` runs each time.
 
 The plugin library and the sidecar checks (same GPU model, same TensorRT version, same
-checkpoint) come from :mod:`prn_edge.runtime.tensorrt_support`. tensorrt and cupy are
+checkpoint) come from :mod:`prn_edge.runtime.backends.tensorrt_support`. tensorrt and cupy are
 imported when an engine is built. Not run on this project's CI (no TensorRT there).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TensorRTEngine:
     Args:
         path: the engine file.
         plugin_library: the PRN plugin library (default: the one the sidecar names, found by
-            :func:`~prn_edge.runtime.tensorrt_support.load_plugins`).
+            :func:`~prn_edge.runtime.backends.tensorrt_support.load_plugins`).
         cuda_graph: capture the engine into CUDA graphs when it allows.
         max_batch: the largest batch to preallocate for (at most the profile's maximum).
         device: the CUDA device index (made current for this thread).
@@ -51,7 +51,7 @@ class TensorRTEngine:
                  cuda_graph: bool = True, max_batch: int = MAX_BATCH, device: int = 0) -> None:
         trt = require("tensorrt", "the TensorRT engine")
         self.cp = cp = require("cupy", "the TensorRT engine's GPU buffers")
-        from prn_edge.runtime.tensorrt_support import (
+        from prn_edge.runtime.backends.tensorrt_support import (
             check_engine_compatible,
             current_device,
             load_plugins,

@@ -10,7 +10,7 @@ Metadata (config, threshold, input size, checkpoint hash) travels inside the ONN
 ONNX Runtime is imported when an :class:`OnnxRuntimeEngine` is built.
 
 The other implementations live beside this one: ``TensorRTEngine``
-(:mod:`prn_edge.runtime.tensorrt_engine`), ``TorchEngine`` (the reference) and
+(:mod:`prn_edge.runtime.backends.tensorrt`), ``TorchEngine`` (the reference) and
 ``CupyFusedEngine`` (:mod:`prn_edge.runtime.torch_engine`); :func:`prn_edge.runtime.loader.load_engine`
 picks the best one that runs here, or the one asked for.
 """
