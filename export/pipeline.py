@@ -31,20 +31,12 @@ import numpy as np
 
 from prn_edge.errors import DataError, PRNError
 
+from prn_edge.contract.model_folder import ModelFolder
+
 GATED = ("image_auroc", "pixel_auroc", "pro")
 METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
 DEFAULT_TOLERANCE = 0.5          # points: the issue's INT8 accuracy gate
 PARITY_MAP_TOL = 1e-4            # FP32 ONNX vs PyTorch, max |map difference|
-FILE_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-
-
-def trt_variant_name(precision: str) -> str:
-    """``model.onnx`` -> ``model.trt.onnx``; ``model.fp16.onnx`` -> ``model.fp16.trt.onnx``."""
-    return FILE_NAMES[precision].removesuffix(".onnx") + ".trt.onnx"
-
-
-def engine_name(precision: str) -> str:
-    return f"model.{precision}.engine"
 
 
 @dataclass
@@ -73,7 +65,7 @@ class ExportOptions:
 class _Prepared:
     """Inputs checked and loaded before anything is written."""
 
-    predictor: Any                     # TorchPRNPredictor
+    predictor: Any                     # TorchEngine: the PyTorch reference
     category: Any | None               # MVTecCategory or None (no evaluation)
     exclude: set[str]
     calibration: np.ndarray | None
@@ -111,10 +103,10 @@ def run_export(options: ExportOptions, say: Callable[[str], None] | None = None)
 
 # --------------------------------------------------------------------------- inputs
 def _prepare(options: ExportOptions, say) -> _Prepared:
-    from prn_edge.eval.predictors import TorchPRNPredictor
+    from prn_edge.runtime.backends.torch import TorchEngine
 
     _set_torch_threads(options.threads)
-    predictor = TorchPRNPredictor.from_checkpoint(options.checkpoint)
+    predictor = TorchEngine.from_checkpoint(options.checkpoint)
     checkpoint = predictor.checkpoint
     data_record = checkpoint.metadata.get("data", {}) if isinstance(checkpoint.metadata, dict) else {}
     recorded_root = Path(data_record["root"]) if data_record.get("root") else None
@@ -156,12 +148,13 @@ def load_calibration(source: Path, count: int, seed: int, size: int) -> tuple[np
     Raises:
         DataError: the folder is missing or has no images, or an image is unreadable.
     """
-    from prn_edge.data.mvtec import _is_image, load_image
+    from prn_edge.data.mvtec import load_image
+    from prn_edge.imaging.read import list_images
 
     source = Path(source)
     if not source.is_dir():
         raise DataError(f"{source}: calibration folder does not exist (--calib)")
-    files = sorted(p for p in source.rglob("*") if _is_image(p))
+    files = list_images(source, recursive=True)
     if not files:
         raise DataError(f"{source}: no images in the calibration folder (--calib)")
     rng = np.random.default_rng(seed)
@@ -190,20 +183,22 @@ def _set_torch_threads(threads: int) -> None:
 def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tuple[dict[str, Any], int]:
     from prn_edge.export.onnx_export import export_onnx
     from prn_edge.export.surgery import make_tensorrt_variant
+    from prn_edge.provenance import machine, provenance
 
     onnx = _onnx()
+    layout = ModelFolder(staging)
     report: dict[str, Any] = {
         "checkpoint": str(Path(options.checkpoint).resolve()),
         "checkpoint_sha256": prep.predictor.checkpoint_sha256,
         "command": options.command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": _machine(), "threads": options.threads, "notes": list(prep.notes),
+        "machine": machine(), "provenance": provenance(), "threads": options.threads, "notes": list(prep.notes),
         "precisions": {}, "files": {}, "status": "ok",
     }
     say("exporting FP32 ONNX")
-    info = export_onnx(options.checkpoint, staging / FILE_NAMES["fp32"])
+    info = export_onnx(options.checkpoint, layout.onnx("fp32"))
     report["opset"], report["input_size"] = info.opset, info.input_size
     report["threshold"] = prep.predictor.checkpoint.threshold
-    paths = {"fp32": staging / FILE_NAMES["fp32"]}
+    paths = {"fp32": layout.onnx("fp32")}
 
     evaluation = _Evaluation(options, prep, say)
     reference = evaluation.torch()
@@ -218,17 +213,17 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
         from prn_edge.export.fp16 import convert_to_fp16
 
         say("converting to mixed-precision FP16")
-        paths["fp16"] = staging / FILE_NAMES["fp16"]
+        paths["fp16"] = layout.onnx("fp16")
         _save(onnx, convert_to_fp16(onnx.load(str(paths["fp32"]))), paths["fp16"])
         report["precisions"]["fp16"] = evaluation.onnx("fp16", paths["fp16"])
 
     status = 0
     if options.int8:
-        int8_report, ok = _int8(options, prep, paths["fp32"], staging / FILE_NAMES["int8"], evaluation,
+        int8_report, ok = _int8(options, prep, paths["fp32"], layout.onnx("int8"), evaluation,
                                    report["precisions"]["fp32"], say)
         report["int8"] = int8_report
         if ok:
-            paths["int8"] = staging / FILE_NAMES["int8"]
+            paths["int8"] = layout.onnx("int8")
             report["precisions"]["int8"] = int8_report.pop("result")
         else:
             report["status"] = "int8 gate failed"
@@ -236,12 +231,12 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
 
     for precision, path in paths.items():
         say(f"TensorRT variant of {path.name}")
-        make_tensorrt_variant(path, staging / trt_variant_name(precision))
+        make_tensorrt_variant(path, layout.trt_onnx(precision))
 
     if options.engine:
         from prn_edge.contract.metadata import parse_metadata
 
-        report["engines"] = _engines(options, paths, parse_metadata(info.metadata), staging, say, report["notes"])
+        report["engines"] = _engines(options, paths, parse_metadata(info.metadata), layout, say, report["notes"])
 
     say("latency: ONNX Runtime vs PyTorch eager, interleaved")
     report["latency"] = measure_latency(prep.predictor, paths, options.threads, options.latency_rounds)
@@ -262,13 +257,6 @@ def _save(onnx, model, path: Path) -> None:
 
     save_model(model, path)
     onnx.checker.check_model(str(path))
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version()}
 
 
 class _Evaluation:
@@ -293,7 +281,7 @@ class _Evaluation:
         return _metrics_dict(self.reference)
 
     def onnx(self, precision: str, path: Path, *, quiet: bool = False) -> dict[str, Any]:
-        from prn_edge.runtime.engine import OnnxRuntimeEngine
+        from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
 
         record: dict[str, Any] = {"file": path.name}
         if self.prep.category is None:
@@ -301,17 +289,15 @@ class _Evaluation:
         engine = OnnxRuntimeEngine(path, threads=self.options.threads)
         result = self._run(engine, f"ONNX Runtime {precision}", quiet)
         ref = self.reference
-        threshold = self.prep.predictor.checkpoint.threshold
         record.update(_metrics_dict(result))
         reference = _metrics_dict(ref)
         record["delta_points"] = {k: round(100 * (record[k] - reference[k]), 3) for k in METRICS}
         record["max_map_diff"] = float(np.abs(result.maps - ref.maps).max())
         record["max_score_diff"] = float(np.abs(result.scores - ref.scores).max())
         record["images"] = result.num_images
-        if threshold is not None:
-            # The runtime's rule (prn_edge.runtime.postprocess.decide): anomalous when score > threshold.
-            same = (result.scores > threshold) == (ref.scores > threshold)
-            record["decisions_equal"] = int(same.sum())
+        if result.anomalous is not None and ref.anomalous is not None:
+            # Both judged by the runtime's pipeline against the checkpoint's threshold (in the ONNX metadata).
+            record["decisions_equal"] = int((result.anomalous == ref.anomalous).sum())
         return record
 
 
@@ -363,8 +349,8 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     return record, False
 
 
-def _engines(options: ExportOptions, paths: dict[str, Path], metadata: dict[str, Any], staging: Path, say,
-             notes: list[str]) -> dict:
+def _engines(options: ExportOptions, paths: dict[str, Path], metadata: dict[str, Any], layout: ModelFolder,
+             say, notes: list[str]) -> dict:
     """One engine per precision; ``metadata`` (input size, threshold, hash) is the same for all of them."""
     from prn_edge.export.tensorrt_build import build_engine, import_tensorrt
 
@@ -376,50 +362,41 @@ def _engines(options: ExportOptions, paths: dict[str, Path], metadata: dict[str,
         return {"built": False, "reason": str(exc)}
     built = {}
     for precision in paths:
-        trt_onnx = staging / trt_variant_name(precision)
         say(f"building TensorRT engine ({precision})")
-        built[precision] = build_engine(trt_onnx, staging / engine_name(precision), precision,
+        built[precision] = build_engine(layout.trt_onnx(precision), layout.engine(precision), precision,
                                         metadata=metadata, max_batch=options.max_batch,
                                         plugin_library=options.plugin_library,
-                                        timing_cache=staging / "tensorrt.timing_cache")
+                                        timing_cache=layout.timing_cache)
     return {"built": True, "engines": built}
 
 
 # --------------------------------------------------------------------------- latency
-def interleaved_times(runners: dict[str, Callable[[np.ndarray], Any]], frame: np.ndarray, rounds: int,
-                      warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each runner on ``frame``, measured in interleaved rounds.
-
-    Each round calls every runner once, in an order rotated by one per round, so a slow spell
-    of the machine hits all of them alike; the first ``warmup`` rounds are not recorded.
-    """
-    names = list(runners)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds + warmup):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            runners[name](frame)
-            if r >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
 def measure_latency(predictor, onnx_paths: dict[str, Path], threads: int, rounds: int, batch: int = 1) -> dict:
-    """Median latency of PyTorch eager and each ONNX in ONNX Runtime, interleaved, on one random frame."""
-    from prn_edge.runtime.engine import OnnxRuntimeEngine
+    """Median compute latency of PyTorch eager and each ONNX in ONNX Runtime, with prn-bench's harness.
+
+    The benchmark's interleaved rounds (:func:`prn_edge.bench.harness.run_benchmark`) on frames
+    already at the model's size, so what is compared is ``engine.predict`` alone; at least
+    ``rounds`` calls per engine.
+    """
+    from prn_edge.bench.harness import BenchSettings, run_benchmark
+    from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
 
     size = predictor.image_size
-    frame = np.random.default_rng(0).integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
-    runners = {"pytorch-eager:fp32": predictor.predict}
+    reference = "pytorch-eager:fp32"
+    engines = [(reference, lambda: predictor)]
     for precision, path in onnx_paths.items():
-        runners[f"onnxruntime-cpu:{precision}"] = OnnxRuntimeEngine(path, threads=threads).predict
-    times = interleaved_times(runners, frame, rounds)
-    med = {n: float(np.median(t)) * 1e3 for n, t in times.items()}
-    ref = med["pytorch-eager:fp32"]
-    return {"batch": batch, "rounds": rounds, "threads": threads,
-            "median_ms": {n: round(v, 2) for n, v in med.items()},
-            "p90_ms": {n: round(float(np.percentile(t, 90)) * 1e3, 2) for n, t in times.items()},
-            "speedup_vs_pytorch": {n: round(ref / v, 2) for n, v in med.items()}}
+        engines.append((f"onnxruntime-cpu:{precision}",
+                        lambda path=path: OnnxRuntimeEngine(path, threads=threads)))
+    settings = BenchSettings(batches=(batch,), warmup_s=0.0, duration_s=1e-3, round_s=1e-6, min_samples=rounds,
+                             frame_hw=(size, size), reference=reference, require_threshold=False)
+    run = run_benchmark(engines, settings)
+    compute = {key: [1e3 * t for t in run.cell(key, batch).samples["compute"]] for key, _ in engines}
+    med = {key: float(np.median(t)) for key, t in compute.items()}
+    ratios = run.ratios()
+    return {"batch": batch, "rounds": run.rounds, "threads": threads,
+            "median_ms": {k: round(v, 2) for k, v in med.items()},
+            "p90_ms": {k: round(float(np.percentile(t, 90)), 2) for k, t in compute.items()},
+            "speedup_vs_pytorch": {k: round(ratios[(k, batch)]["compute"], 2) for k in med}}
 
 
 # --------------------------------------------------------------------------- output
@@ -428,8 +405,9 @@ def _publish(staging: Path, out: Path, report: dict[str, Any], say) -> None:
     from prn_edge.export.report import render_markdown
     from prn_edge.io import fsync_dir, write_json_atomic, write_text_atomic
 
-    write_json_atomic(staging / "export_report.json", report)
-    write_text_atomic(staging / "export_report.md", render_markdown(report))
+    layout = ModelFolder(staging)
+    write_json_atomic(layout.report_json, report)
+    write_text_atomic(layout.report_md, render_markdown(report))
     for path in sorted(staging.iterdir()):
         os.replace(path, out / path.name)
     fsync_dir(out)

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from prn_edge.contract.engine import Engine  # noqa: E402
 from prn_edge.bench import report as report_mod
 from prn_edge.bench.cli import main as bench_main
 from prn_edge.bench.harness import BenchSettings, run_benchmark
@@ -29,7 +30,7 @@ class FakeClock:
         return self.now
 
 
-class FakeEngine:
+class FakeEngine(Engine):
     """Costs ``seconds(batch)`` of fake time per predict; maps have one bright square."""
 
     def __init__(self, key: str, clock: FakeClock, seconds, log: list) -> None:
@@ -38,7 +39,7 @@ class FakeEngine:
         self.clock, self.seconds, self.log = clock, seconds, log
         self.closed = False
 
-    def predict(self, images):
+    def _predict(self, images):
         assert images.dtype == np.uint8 and images.shape[1:] == (SIZE, SIZE, 3)
         b = images.shape[0]
         self.log.append((self.key, b))

@@ -24,7 +24,6 @@ from prn_edge.data.foreground import (
     foreground_mask,
 )
 from prn_edge.data.mvtec import (
-    IMAGE_EXTENSIONS,
     MVTecCategory,
     load_image,
     load_mask,
@@ -33,6 +32,7 @@ from prn_edge.data.mvtec import (
     split_seen_anomalies,
 )
 from prn_edge.errors import DataError, PRNError
+from prn_edge.imaging.read import IMAGE_EXTENSIONS
 
 REPO = Path(__file__).resolve().parents[1]
 BOTTLE_TYPES = ["broken_large", "broken_small", "contamination"]

@@ -17,7 +17,8 @@ from onnx import TensorProto, helper  # noqa: E402
 from prn_edge.errors import PRNError  # noqa: E402
 from prn_edge.export.int8 import ConvGroup, conv_groups, search_keep_float, worst_drop  # noqa: E402
 from prn_edge.export.tensorrt_build import build_settings, tensorrt_major  # noqa: E402
-from prn_edge.runtime import tensorrt_support as ts  # noqa: E402
+from prn_edge.contract.model_folder import ModelFolder  # noqa: E402
+from prn_edge.runtime.backends import tensorrt_support as ts  # noqa: E402
 
 GATED = ("image_auroc", "pixel_auroc", "pro")
 REF = {"image_auroc": 1.0, "pixel_auroc": 0.98, "pro": 0.97, "ap": 0.9}
@@ -164,13 +165,13 @@ def test_bad_sidecars_are_one_line_errors(tmp_path):
     engine = tmp_path / "model.int8.engine"
     with pytest.raises(PRNError, match="no sidecar"):
         ts.read_sidecar(engine)
-    ts.sidecar_path(engine).write_text("{not json")
+    ModelFolder.sidecar(engine).write_text("{not json")
     with pytest.raises(PRNError, match="unreadable engine sidecar"):
         ts.read_sidecar(engine)
-    ts.sidecar_path(engine).write_text(json.dumps({"format": "other"}))
+    ModelFolder.sidecar(engine).write_text(json.dumps({"format": "other"}))
     with pytest.raises(PRNError, match="not a PRN Edge engine sidecar"):
         ts.read_sidecar(engine)
-    ts.sidecar_path(engine).write_text(json.dumps({"format": ts.SIDECAR_FORMAT, "precision": "int8"}))
+    ModelFolder.sidecar(engine).write_text(json.dumps({"format": ts.SIDECAR_FORMAT, "precision": "int8"}))
     with pytest.raises(PRNError, match="missing .*tensorrt_version"):
         ts.read_sidecar(engine)
     with pytest.raises(PRNError, match="missing"):

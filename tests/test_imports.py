@@ -55,21 +55,21 @@ def test_every_runtime_module_and_prn_inspect_help_import_without_torch():
     proc = run_blocked("""
         import contextlib, io, numpy as np
         import prn_edge.runtime as rt
-        import prn_edge.runtime.cli, prn_edge.runtime.engine, prn_edge.runtime.loader, prn_edge.runtime.loop
+        import prn_edge.runtime.cli, prn_edge.runtime.loader, prn_edge.runtime.loop
         import prn_edge.runtime.pipeline, prn_edge.runtime.postprocess, prn_edge.runtime.sources
-        import prn_edge.runtime.store, prn_edge.runtime.backends.tensorrt, prn_edge.runtime.torch_engine
-        import prn_edge.runtime.view, prn_edge.runtime.backends.tensorrt_support
+        import prn_edge.runtime.store, prn_edge.runtime.view, prn_edge.contract, prn_edge.imaging
+        import prn_edge.runtime.backends.onnxruntime, prn_edge.runtime.backends.tensorrt
+        import prn_edge.runtime.backends.torch, prn_edge.runtime.backends.cupy_fused
+        import prn_edge.runtime.backends.tensorrt_support
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
             prn_edge.runtime.cli.main(["--help"])
         assert "--source SRC" in buf.getvalue()
         # A loop with a numpy engine runs without any of the blocked packages.
-        class E:
+        class E(rt.Engine):
             name, image_size, threshold, metadata = "np", 32, 0.5, {}
-            def predict(self, x):
+            def _predict(self, x):
                 return np.zeros((len(x), 32, 32), np.float32), np.zeros(len(x), np.float32)
-            def describe(self): return {}
-            def close(self): pass
         s = rt.InspectionLoop(rt.Pipeline(E()), rt.SyntheticSource(count=5)).run()
         assert s.frames == 5
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
@@ -79,7 +79,7 @@ def test_every_runtime_module_and_prn_inspect_help_import_without_torch():
         (folder / "model.onnx").write_bytes(b"")
         try:
             rt.load_engine(folder)
-        except rt.engine.PRNError as exc:
+        except prn_edge.errors.PRNError as exc:
             print(exc)
     """)
     assert proc.returncode == 0, proc.stderr

@@ -218,13 +218,13 @@ def test_real_features_and_attention_inputs(bottle, monkeypatch):
 
 
 def test_fused_engine_model_matches_the_reference_model(bottle, monkeypatch):
-    """The runtime's CuPy-fused engine swaps the model's ops for the kernels (``_use_fused_kernels``);
+    """The runtime's CuPy-fused engine swaps the model's ops for the kernels (``use_fused_kernels``);
     here the kernels behind that swap run in the emulator: the whole PRN on real bottle images."""
     import copy
 
     from prn_edge import kernels
     from prn_edge.model.random_head import randomize_head
-    from prn_edge.runtime.torch_engine import _use_fused_kernels
+    from prn_edge.runtime.backends.cupy_fused import use_fused_kernels
 
     model, _, images = bottle
     path = CupyPath(monkeypatch)
@@ -248,7 +248,7 @@ def test_fused_engine_model_matches_the_reference_model(bottle, monkeypatch):
     model = copy.deepcopy(model)
     randomize_head(model, seed=1, gain=1.0)  # a map that spans (0, 1), not a flat 0.5 (as in the export tests)
     fused = copy.deepcopy(model)
-    _use_fused_kernels(fused)
+    use_fused_kernels(fused)
     with torch.no_grad():
         ref, out = model(images), fused(images)
     assert calls.count("proto") == len(model.banks) and calls.count("msa") >= len(model.banks), calls

@@ -5,17 +5,21 @@ import numpy as np
 import pytest
 import torch
 
+from prn_edge.baseline.coreset import (
+    greedy_coreset,
+    greedy_coreset_reference,
+    random_coreset,
+    random_projection,
+)
 from prn_edge.baseline.patchcore import (
     PatchCoreConfig,
     PatchCorePredictor,
     gaussian_blur,
-    greedy_coreset,
-    greedy_coreset_reference,
     nearest_neighbor_distance,
-    random_coreset,
-    random_projection,
 )
+from prn_edge.contract.engine import Engine
 from prn_edge.errors import PRNError
+from prn_edge.model.nearest import nearest_neighbours
 
 N_TRAIN = 30  # bottle training images the real-data tests fit on
 
@@ -44,6 +48,20 @@ def test_nearest_neighbor_identical_vectors_are_zero_not_nan():
     assert index.tolist() == [3, 17, 42]
     # sqrt of a clamped float32 cancellation residue: at most ~sqrt(eps32 * ||b||^2) ~ 0.03.
     assert dist.max() < 0.05
+
+
+def test_nearest_neighbours_ties_take_the_lowest_index_and_chunks_do_not_change_results():
+    g = torch.Generator().manual_seed(2)
+    bank = torch.randn(40, 16, generator=g)
+    bank = torch.cat([bank, bank])  # entry i and i + 40 are identical: a tie for every query
+    queries = torch.randn(123, 16, generator=g)
+    dist, index = nearest_neighbours(queries, bank)
+    assert (index < 40).all()
+    for chunk in (1, 7, 500):
+        d, i = nearest_neighbours(queries, bank, chunk=chunk)
+        assert torch.equal(d, dist) and torch.equal(i, index)
+    sq, i = nearest_neighbours(queries, bank, squared=True, query_sqnorm=queries.pow(2).sum(dim=1))
+    assert torch.equal(i, index) and torch.equal(sq.sqrt(), dist)
 
 
 def test_nearest_neighbor_rejects_mismatched_shapes():
@@ -187,7 +205,9 @@ def test_fit_stats_and_output_contract(fitted, bottle_small):
     assert maps.shape == (len(images), 256, 256) and maps.dtype == np.float32
     assert scores.shape == (len(images),) and scores.dtype == np.float32
     assert np.isfinite(maps).all() and (maps >= 0).all() and (scores > 0).all()
-    one_map, one_score = predictor.predict(images[0])  # a single (S, S, 3) image
+    assert isinstance(predictor, Engine) and predictor.backend == "patchcore" and predictor.threshold is None
+    assert set(predictor.last_timings) == {"compute", "total"}
+    one_map, one_score = predictor.predict(images[:1])  # a batch of one
     assert one_map.shape == (1, 256, 256) and one_score.shape == (1,)
     np.testing.assert_allclose(one_map[0], maps[0], rtol=1e-5, atol=1e-5)
 
@@ -230,6 +250,8 @@ def test_predict_rejects_bad_input_and_unfitted(fitted, lite0):
         predictor.predict(np.zeros((1, 256, 256, 3), np.float32))
     with pytest.raises(PRNError, match="256, 256, 3"):
         predictor.predict(np.zeros((1, 128, 128, 3), np.uint8))
+    with pytest.raises(PRNError, match="256, 256, 3"):  # the contract: a batch, even of one
+        predictor.predict(np.zeros((256, 256, 3), np.uint8))
     with pytest.raises(PRNError, match="fit"):
         PatchCorePredictor(backbone=lite0).predict(np.zeros((1, 256, 256, 3), np.uint8))
     with pytest.raises(PRNError, match="no image"):

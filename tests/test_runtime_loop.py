@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from prn_edge.contract.engine import Engine  # noqa: E402
 from prn_edge.errors import PRNError
 from prn_edge.runtime import (
     AnomalyImageWriter,
@@ -45,7 +46,7 @@ from prn_edge.runtime.sources import (
 cv2 = pytest.importorskip("cv2")
 
 
-class FakeEngine:
+class FakeEngine(Engine):
     """Scores a frame by its mean brightness; optionally slow (a fixed inference time)."""
 
     name = "fake"
@@ -54,7 +55,7 @@ class FakeEngine:
         self.image_size, self.delay, self.threshold = size, delay, threshold
         self.metadata = {}
 
-    def predict(self, images):
+    def _predict(self, images):
         if self.delay:
             time.sleep(self.delay)
         b = images.shape[0]

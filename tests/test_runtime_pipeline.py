@@ -19,12 +19,12 @@ from prn_edge.runtime import (
     frame_geometry,
     prepare_frame,
 )
-from prn_edge.runtime.postprocess import resolve_threshold
+from prn_edge.contract.decision import resolve_threshold
 
 cv2 = pytest.importorskip("cv2")
 
 
-class MapEngine:
+class MapEngine(Engine):
     """An Engine whose map is a fixed square blob (model pixels) and whose score is the map's max."""
 
     name = "fake"
@@ -37,7 +37,7 @@ class MapEngine:
         self.amap[y:y + h, x:x + w] = value
         self.seen = []
 
-    def predict(self, images):
+    def _predict(self, images):
         self.seen.append(images)
         b = images.shape[0]
         return np.repeat(self.amap[None], b, 0), np.full(b, self.amap.max(), np.float32)

@@ -261,7 +261,7 @@ def test_wrong_engines_are_refused(fakes):
 
 
 def test_engine_for_another_gpu_or_tensorrt_or_without_its_plugins(fakes, monkeypatch):
-    from prn_edge.runtime import tensorrt_support
+    from prn_edge.runtime.backends import tensorrt_support
     from prn_edge.runtime.backends.tensorrt import TensorRTEngine
     from prn_edge.runtime.backends.tensorrt_support import write_sidecar
 

@@ -16,14 +16,16 @@ Adaptation to PRN Edge (defaults; see :class:`PatchCoreConfig`):
   *only to select* a greedy coreset, as in the paper; the bank and the scoring keep the
   full 152-d features (they are already small: reducing them would save 16% of the bank
   for distorted distances).
-* Coreset: a seeded random subsample by default (:func:`random_coreset`), or greedy
-  k-center (the paper's choice; :func:`greedy_coreset`, exact, with a Voronoi-cell pruning
+* Coreset (:mod:`prn_edge.baseline.coreset`): a seeded random subsample by default
+  (:func:`~prn_edge.baseline.coreset.random_coreset`), or greedy
+  k-center (the paper's choice; :func:`~prn_edge.baseline.coreset.greedy_coreset`, exact, with a Voronoi-cell pruning
   that only reads the points a new center can capture). Why random: on MVTec bottle at
   10% it scores the same as greedy (image / pixel AUROC, PRO, AP 100 / 98.5 / 94.5 / 76.4
   against 100 / 98.4 / 94.3 / 75.6), in 0 s instead of 24-36 s; on magnetic tile the
   pruning cannot help (concentrated distances) and greedy costs O(N * M), about 8 minutes
-  on 2 cores (see :func:`greedy_coreset`).
-* Scoring: nearest-neighbour distance in GEMM form (:func:`nearest_neighbor_distance`);
+  on 2 cores (see :func:`~prn_edge.baseline.coreset.greedy_coreset`).
+* Scoring: nearest-neighbour distance in GEMM form (:func:`nearest_neighbor_distance`, the
+  search of :mod:`prn_edge.model.nearest` that PRN's prototypes use too);
   patch map upsampled bilinearly to the image size and smoothed by a Gaussian (sigma 4);
   image score = max of the (unsmoothed) patch map. The paper's neighbourhood reweighting
   of the image score is not used.
@@ -31,13 +33,12 @@ Adaptation to PRN Edge (defaults; see :class:`PatchCoreConfig`):
 Layout (as anomalib's ``patchcore/torch_model.py``): :class:`PatchCoreModel` is a pure
 ``nn.Module`` (backbone + embedding + memory bank buffer + scoring) that exports as one
 graph for a fixed input size (checked: ``torch.onnx.export``, opset 17, matches ONNX
-Runtime to 3e-5 on maps of range 50); :class:`PatchCorePredictor` is the fitting/inference wrapper that implements the
-``Predictor`` contract of :mod:`prn_edge.eval` (uint8 RGB NHWC in, maps and scores out).
+Runtime to 3e-5 on maps of range 50); :class:`PatchCorePredictor` is the fitting/inference
+wrapper: an :class:`~prn_edge.contract.engine.Engine` (uint8 RGB NHWC in, maps and scores
+out, checked by the contract), so :mod:`prn_edge.eval` scores it like every PRN backend.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,24 +49,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prn_edge.baseline.coreset import (
+    CORESET_METHODS,
+    greedy_coreset,
+    random_coreset,
+    random_projection,
+)
+from prn_edge.contract.engine import Engine, check_frames
 from prn_edge.errors import PRNError
 from prn_edge.model.backbones import Backbone, build_backbone
+from prn_edge.model.deployable import frames_to_tensor
+from prn_edge.model.nearest import nearest_neighbours
 
 __all__ = [
-    "CORESET_METHODS",
     "PatchCoreConfig",
     "PatchCoreModel",
     "PatchCorePredictor",
     "gaussian_blur",
-    "greedy_coreset",
-    "greedy_coreset_reference",
     "nearest_neighbor_distance",
-    "random_coreset",
-    "random_projection",
 ]
-
-
-CORESET_METHODS = ("greedy", "random")
 
 # Elements of one (queries x bank) distance block: 2^24 floats = 64 MiB in float32.
 _DEFAULT_BLOCK_ELEMENTS = 1 << 24
@@ -140,15 +142,9 @@ def nearest_neighbor_distance(
 ) -> tuple[Tensor, Tensor]:
     """Euclidean distance from each query to its nearest bank entry, in GEMM form.
 
-    ``||a - b||^2 = ||a||^2 - 2 <a, b> + ||b||^2``: one (n, D) x (D, M) matrix product per
-    block instead of ``torch.cdist``. Why: the product is a plain ``Gemm``/``MatMul`` that
-    every exporter and engine (ONNX Runtime, TensorRT) runs at full speed, while ``cdist``
-    is an ATen op that exporters must decompose (anomalib's PatchCore makes the same choice
-    for its exported graph). Cancellation
-    can make the squared form slightly negative for (near-)identical vectors, so it is
-    clamped at 0 before the square root; the square root is taken after the minimum (one
-    per query, not per pair). Queries are processed in blocks of at most
-    ``block_elements`` distances so that memory stays bounded for large banks.
+    :func:`prn_edge.model.nearest.nearest_neighbours` with the block size given in
+    distances: queries are processed in blocks of at most ``block_elements`` query x bank
+    distances, so that memory stays bounded for large banks.
 
     Args:
         queries: (N, D) float features.
@@ -158,279 +154,13 @@ def nearest_neighbor_distance(
 
     Returns:
         ``(distance, index)``: (N,) float distances and (N,) int64 indices of the nearest
-        bank entries.
+        bank entries (ties: the lowest index).
 
     Raises:
         PRNError: mismatched feature dimensions or an empty bank.
     """
-    if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
-        raise PRNError(
-            f"nearest_neighbor_distance needs (N, D) queries and an (M, D) bank, got "
-            f"{tuple(queries.shape)} and {tuple(bank.shape)}"
-        )
-    if bank.shape[0] == 0:
-        raise PRNError("the memory bank is empty: fit the model first")
-    if bank_sqnorm is None:
-        bank_sqnorm = bank.pow(2).sum(dim=1)  # (M,)
-    rows = max(1, int(block_elements) // bank.shape[0])
-    dists, indices = [], []
-    for start in range(0, queries.shape[0], rows):
-        q = queries[start:start + rows]  # (n, D)
-        # ||b||^2 - 2 <a, b> for the whole block in one addmm; ||a||^2 is added after the
-        # min (it does not change the argmin).
-        partial = torch.addmm(bank_sqnorm.unsqueeze(0), q, bank.T, alpha=-2.0)  # (n, M)
-        best, idx = partial.min(dim=1)  # (n,)
-        sq = (best + q.pow(2).sum(dim=1)).clamp_min_(0.0)
-        dists.append(sq.sqrt_())
-        indices.append(idx)
-    if not dists:  # no query
-        return queries.new_zeros(0), torch.zeros(0, dtype=torch.long, device=queries.device)
-    return torch.cat(dists), torch.cat(indices)
-
-
-# --------------------------------------------------------------------------------------
-# Coreset
-# --------------------------------------------------------------------------------------
-def random_projection(dim_in: int, dim_out: int, seed: int = 0) -> Tensor:
-    """A seeded Gaussian Johnson-Lindenstrauss projection matrix.
-
-    Entries are N(0, 1/dim_out), so squared norms and distances are preserved in
-    expectation (``E ||x P||^2 = ||x||^2``).
-
-    Args:
-        dim_in: feature dimension D.
-        dim_out: projected dimension k.
-        seed: the matrix is a pure function of (dim_in, dim_out, seed).
-
-    Returns:
-        (D, k) float32 matrix; apply as ``features @ P``.
-    """
-    generator = torch.Generator().manual_seed(int(seed))
-    return torch.randn(dim_in, dim_out, generator=generator) / math.sqrt(dim_out)
-
-
-def random_coreset(n_points: int, n_select: int, seed: int = 0) -> Tensor:
-    """A seeded uniform subsample of ``n_select`` distinct indices out of ``n_points``.
-
-    Returns:
-        (n_select,) int64 indices, sorted (the bank keeps the training order).
-    """
-    _check_selection(n_points, n_select)
-    generator = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n_points, generator=generator)[:n_select].sort().values
-
-
-def _check_selection(n_points: int, n_select: int) -> None:
-    if not 1 <= n_select <= n_points:
-        raise PRNError(f"a coreset needs 1 <= size <= number of points, got {n_select} of {n_points}")
-
-
-def _as_points(points: Tensor | np.ndarray) -> np.ndarray:
-    """(N, d) features as a C-contiguous float32 numpy array (no copy when already one)."""
-    if isinstance(points, Tensor):
-        points = points.detach().cpu().numpy()
-    points = np.ascontiguousarray(points, dtype=np.float32)
-    if points.ndim != 2:
-        raise PRNError(f"a coreset needs (N, d) points, got shape {points.shape}")
-    return points
-
-
-def _sq_dist_to(points: np.ndarray, points_sq: np.ndarray, center: np.ndarray, center_sq) -> np.ndarray:
-    """(n,) squared distances of (n, d) points to one (d,) center, GEMM form, clamped >= 0.
-
-    The single helper of both coreset paths, so that the fast path and the reference
-    round identically (a matrix-vector product computes each row's dot product the same
-    way whatever the number of rows).
-    """
-    dist = points @ center  # (n,)
-    dist *= -2.0
-    dist += points_sq
-    dist += center_sq
-    return np.maximum(dist, 0.0, out=dist)
-
-
-def _start_index(n_points: int, seed: int) -> int:
-    generator = torch.Generator().manual_seed(int(seed))
-    return int(torch.randint(n_points, (1,), generator=generator))
-
-
-def _fill_duplicates(selected: np.ndarray, taken: np.ndarray, count: int, seed: int) -> None:
-    """Fill ``selected[count:]`` with distinct unselected points, seeded.
-
-    Greedy k-center stops making progress once every point is at distance 0 from a center
-    (more points asked for than distinct vectors); the rest are then arbitrary, but they
-    must still be distinct indices.
-    """
-    rest = np.flatnonzero(~taken)
-    rest = rest[np.random.default_rng(int(seed) + 1).permutation(rest.size)]
-    selected[count:] = rest[: selected.size - count]
-
-
-def _single_threaded_blas() -> contextlib.AbstractContextManager:
-    """Limit numpy's BLAS to one thread for the greedy loops (when threadpoolctl is there).
-
-    The loops are memory-bound matrix-vector products; on the shared 2-core machines a
-    second BLAS thread mostly waits at barriers (3000 greedy steps on bottle: 10 s with one
-    thread, 28-35 s with two). threadpoolctl comes with scikit-learn (the ``train`` extra).
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-# Why numpy in the two greedy loops: each iteration is a dozen small vector operations
-# (gathers, comparisons, an argmax over N), thousands of times. On the shared 2-core
-# machines torch's intra-op parallel regions stall on these (~8 ms for a comparison over
-# 214k floats with 2 threads, 0.2 ms with 1, against 0.01 ms for numpy), while the one
-# heavy operation, a matrix-vector product, runs in BLAS either way.
-def greedy_coreset_reference(points: Tensor | np.ndarray, n_select: int, seed: int = 0) -> Tensor:
-    """Greedy k-center selection, the plain O(N * M) loop (reference for the fast path).
-
-    Start from a seeded random point; repeatedly add the point farthest from the current
-    selection. Every iteration reads all N points once (a matrix-vector product): measured
-    9-12 ms per iteration for 214k x 128 float32 with one BLAS thread on the shared 2-core
-    machine (two threads: 16-50 ms), i.e. 200-260 s for a 10% coreset of MVTec bottle.
-    Use :func:`greedy_coreset`, which selects the same points.
-
-    Args:
-        points: (N, d) float features (already projected, if wanted).
-        n_select: M, the number of points to select.
-        seed: chooses the start point.
-
-    Returns:
-        (M,) int64 indices in selection order.
-    """
-    points = _as_points(points)
-    n = points.shape[0]
-    _check_selection(n, n_select)
-    sq = np.einsum("ij,ij->i", points, points)  # (N,)
-    min_dist = np.full(n, np.inf, dtype=np.float32)  # (N,) squared, to the selection
-    taken = np.zeros(n, dtype=bool)
-    selected = np.empty(n_select, dtype=np.int64)
-    with _single_threaded_blas():
-        _greedy_reference_loop(points, sq, min_dist, taken, selected, _start_index(n, seed), seed)
-    return torch.from_numpy(selected)
-
-
-def _greedy_reference_loop(points, sq, min_dist, taken, selected, idx: int, seed: int) -> None:
-    for t in range(selected.size):
-        if taken[idx]:  # everything is covered at distance 0
-            _fill_duplicates(selected, taken, t, seed)
-            break
-        selected[t] = idx
-        taken[idx] = True
-        np.minimum(min_dist, _sq_dist_to(points, sq, points[idx], sq[idx]), out=min_dist)
-        min_dist[idx] = 0.0
-        idx = int(min_dist.argmax())
-
-
-def greedy_coreset(points: Tensor | np.ndarray, n_select: int, seed: int = 0, return_stats: bool = False):
-    """Greedy k-center selection with exact Voronoi-cell pruning.
-
-    The same selection as :func:`greedy_coreset_reference` (the point farthest from the
-    current selection, one at a time), but each iteration only reads the points the new
-    center can capture. Every point belongs to the cell of its nearest selected center
-    ``mu_g``; ``rho_g`` is the cell's radius (max distance of a member to ``mu_g``). A
-    point ``x`` of cell ``g`` moves to the new center ``c`` only if
-    ``||x - c|| < ||x - mu_g||``, which by the triangle inequality needs
-    ``||c - mu_g|| < 2 ||x - mu_g|| <= 2 rho_g``. So each iteration computes the distance
-    of ``c`` to the selected centers (M x d, small), and reads the feature rows of the
-    cells with ``||c - mu_g||^2 < 4 rho_g^2`` only. Cells shrink as the selection grows,
-    so late iterations read a few percent of the N rows (the O(N) work left is on
-    per-point scalars: cell lookup and the argmax). The test has a small relative slack,
-    so rounding can only make it read more points, never skip one that moves. When more
-    than a third of the points are in reach, the step updates all of them in one
-    contiguous pass instead, so the pruning never costs much more than the plain loop.
-
-    How much it saves depends on the data (2 shared CPU cores, 128-d selection space, 10%):
-    MVTec bottle, 214k patches: 1.9% of the rows read per step, 24-36 s for the whole
-    selection against 200-260 s for the plain loop; magnetic tile, 307k patches: distances
-    are concentrated (uniform texture), every step is in the dense case and the cost is
-    the plain loop's, O(N * M): ~16 ms per step, about 8 minutes for 30.7k steps.
-
-    Args:
-        points: (N, d) float features (already projected, if wanted).
-        n_select: M, the number of points to select.
-        seed: chooses the start point.
-        return_stats: also return a dict with the covering radius after selection, the
-            mean fraction of feature rows read per iteration and the seconds spent.
-
-    Returns:
-        (M,) int64 indices in selection order (and the stats dict if asked).
-    """
-    start_time = time.perf_counter()
-    points = _as_points(points)
-    n, d = points.shape
-    _check_selection(n, n_select)
-    sq = np.einsum("ij,ij->i", points, points)  # (N,)
-    min_dist = np.full(n, np.inf, dtype=np.float32)  # (N,) squared, to own center
-    owner = np.zeros(n, dtype=np.int64)  # (N,) selection step of the nearest center
-    taken = np.zeros(n, dtype=bool)
-    centers = np.empty((n_select, d), dtype=np.float32)  # (M, d) selected points, in order
-    centers_sq = np.empty(n_select, dtype=np.float32)  # (M,)
-    radius_sq = np.zeros(n_select, dtype=np.float32)  # (M,) squared cell radii rho_g^2
-    selected = np.empty(n_select, dtype=np.int64)
-    slack = np.float32(4.0 * (1.0 + 1e-4))
-    dense_above = n // 3  # a gather reads and writes each row, then the product reads it again
-    rows_read = 0
-
-    idx = _start_index(n, seed)
-    with _single_threaded_blas():
-        for t in range(n_select):
-            if taken[idx]:  # everything is covered at distance 0
-                _fill_duplicates(selected, taken, t, seed)
-                break
-            selected[t] = idx
-            taken[idx] = True
-            c, c_sq = points[idx], sq[idx]
-            centers[t], centers_sq[t] = c, c_sq
-            ids = None  # None: update every point
-            if t > 0:
-                # Cells the new center can take points from: ||c - mu_g||^2 < 4 rho_g^2.
-                to_centers = _sq_dist_to(centers[:t], centers_sq[:t], c, c_sq)  # (t,)
-                active = to_centers < slack * radius_sq[:t]  # (t,) bool
-                ids = np.flatnonzero(active[owner])  # (n_a,) points of those cells
-                if ids.size > dense_above:
-                    # Gathering most rows costs more than one contiguous pass over all of
-                    # them (features with concentrated distances, e.g. uniform textures).
-                    ids = None
-            if ids is None:  # the reference's step, plus the cell bookkeeping
-                dist = _sq_dist_to(points, sq, c, c_sq)  # (N,)
-                owner[dist < min_dist] = t
-                np.minimum(min_dist, dist, out=min_dist)
-                min_dist[idx] = 0.0
-                owner[idx] = t
-                radius_sq[: t + 1] = 0.0
-                np.maximum.at(radius_sq, owner, min_dist)  # every cell's radius, exact
-                rows_read += n
-            else:
-                dist = _sq_dist_to(points.take(ids, axis=0), sq[ids], c, c_sq)  # (n_a,)
-                closer = dist < min_dist[ids]
-                moved = ids[closer]
-                min_dist[moved] = dist[closer]
-                owner[moved] = t
-                min_dist[idx] = 0.0
-                owner[idx] = t
-                # New radii of the cells that changed (the active ones and cell t): the max
-                # distance of their members, all of which are in ids (a cell keeps its own
-                # center, so none is left empty; idx itself is in ids unless its distance is 0).
-                radius_sq[:t][active] = 0.0
-                radius_sq[t] = 0.0
-                np.maximum.at(radius_sq, owner[ids], min_dist[ids])
-                rows_read += ids.size
-            idx = int(min_dist.argmax())
-
-    result = torch.from_numpy(selected)
-    if not return_stats:
-        return result
-    stats = {
-        "covering_radius": float(np.sqrt(min_dist.max())),
-        "mean_fraction_read": rows_read / (n * n_select),
-        "seconds": time.perf_counter() - start_time,
-    }
-    return result, stats
+    rows = max(1, int(block_elements) // max(1, bank.shape[0]))
+    return nearest_neighbours(queries, bank, bank_sqnorm, chunk=rows)
 
 
 # --------------------------------------------------------------------------------------
@@ -556,22 +286,8 @@ class PatchCoreModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# The predictor (fitting + the Predictor contract)
+# The predictor (fitting + the engine contract)
 # --------------------------------------------------------------------------------------
-def _to_tensor(images: np.ndarray, size: int) -> Tensor:
-    """uint8 (B, S, S, 3) RGB -> float (B, 3, S, S) in [0, 1], checking the contract."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-        raise PRNError(
-            f"PatchCore takes uint8 RGB images of shape (B, {size}, {size}, 3), got "
-            f"{images.dtype} {images.shape}; resize with prn_edge.runtime.prepare_frame or "
-            f"load_sample(sample, size={size})"
-        )
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def _batches(images: Iterable[np.ndarray] | np.ndarray) -> Iterator[np.ndarray]:
     """An (B, S, S, 3) array is one batch; any other iterable yields batches (or images)."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -580,11 +296,12 @@ def _batches(images: Iterable[np.ndarray] | np.ndarray) -> Iterator[np.ndarray]:
     yield from images
 
 
-class PatchCorePredictor:
-    """PatchCore behind the ``Predictor`` contract of :mod:`prn_edge.eval`.
+class PatchCorePredictor(Engine):
+    """PatchCore as an :class:`~prn_edge.contract.engine.Engine` (the contract of :mod:`prn_edge.eval`).
 
     ``predict`` takes uint8 RGB (B, S, S, 3) with S = ``image_size`` and returns float32
-    maps (B, S, S) and scores (B,). Fit first (:meth:`fit` or :meth:`fit_category`).
+    maps (B, S, S) and scores (B,) (checked by the engine contract). Fit first
+    (:meth:`fit` or :meth:`fit_category`).
 
     Args:
         config: settings (None: :class:`PatchCoreConfig` defaults).
@@ -592,17 +309,25 @@ class PatchCorePredictor:
             its default pretrained weights; pass one to share it between predictors).
     """
 
-    name = "patchcore"
-
     def __init__(self, config: PatchCoreConfig | None = None, backbone: Backbone | None = None) -> None:
         self.config = PatchCoreConfig() if config is None else config
         self.model = PatchCoreModel(self.config, backbone)
+        self.name = "patchcore"
+        self.backend = "patchcore"
+        self.precision = "fp32"
+        self.image_size = self.config.image_size
+        self.threshold = None  # distances in feature space: no calibrated decision
+        self.metadata = {}
+        self.path = None  # an in-memory model
         self.batch_size = 16  # images per forward pass in predict()
         self.fit_stats: dict = {}
 
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
+    def _frames(self, images: np.ndarray) -> Tensor:
+        """uint8 (B, S, S, 3) (or one (S, S, 3) image) -> float (B, 3, S, S) in [0, 1], checked."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        return frames_to_tensor(check_frames(images, self.image_size), self.model.memory_bank.device)
 
     # -- fitting ----------------------------------------------------------------------
     @torch.no_grad()
@@ -625,7 +350,7 @@ class PatchCorePredictor:
         t0 = time.perf_counter()
         feats, n_images = [], 0
         for batch in _batches(images):
-            x = _to_tensor(batch, cfg.image_size)  # (B, 3, S, S)
+            x = self._frames(batch)  # (B, 3, S, S)
             feats.append(self.model.flatten(self.model.embed(x)))  # (B * h * w, D)
             n_images += x.shape[0]
             if progress:
@@ -718,27 +443,23 @@ class PatchCorePredictor:
 
     # -- inference --------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Anomaly maps and image scores.
-
-        Args:
-            images: uint8 RGB (B, S, S, 3), S = ``image_size``.
+    def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly maps and image scores of checked frames (:meth:`predict` checks them).
 
         Returns:
-            ``(maps, scores)``: float32 (B, S, S) and float32 (B,); higher = more anomalous
-            (distances in feature space, not probabilities).
+            ``(maps, scores)``: (B, S, S) and (B,); higher = more anomalous (distances in
+            feature space, not probabilities).
 
         Raises:
-            PRNError: not fitted, or input of the wrong type/shape.
+            PRNError: not fitted.
         """
-        x = _to_tensor(images, self.image_size)
+        x = frames_to_tensor(images, self.model.memory_bank.device)  # (B, 3, S, S)
         maps, scores = [], []
         for start in range(0, x.shape[0], self.batch_size):
             m, s = self.model(x[start:start + self.batch_size])
             maps.append(m[:, 0])
             scores.append(s)
-        if not maps:
-            s = self.image_size
-            return np.zeros((0, s, s), np.float32), np.zeros(0, np.float32)
-        return (torch.cat(maps).numpy().astype(np.float32, copy=False),
-                torch.cat(scores).numpy().astype(np.float32, copy=False))
+        return torch.cat(maps).cpu().numpy(), torch.cat(scores).cpu().numpy()
+
+    def _describe(self) -> dict:
+        return {"config": self.config.to_dict(), "fit": dict(self.fit_stats)}

@@ -1,6 +1,6 @@
 """``prn-bench``: latency, throughput, stages and memory of every available backend, interleaved.
 
-The command is a thin view of the API::
+The command is a thin view of :func:`prn_edge.bench.api.bench` (``prn_edge.api.bench``), which does::
 
     candidates, checkpoint = discover(model_dir, checkpoint=..., threads=...)   # the runtime's loader
     run = run_benchmark([(c.key, c.open) for c in chosen], BenchSettings(batches=..., duration_s=...))
@@ -13,17 +13,14 @@ whatever this machine offers.
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import sys
 from pathlib import Path
 
+from prn_edge.bench.api import DEMO_MODEL, DEMO_ROOT
 from prn_edge.cli import ArgumentParser, bounded_float, run_cli
-from prn_edge.errors import PRNError
 
 PROG = "prn-bench"
-#: Where ``python -m prn_edge.demo`` puts its exported model (and so the default --model).
-DEMO_ROOT = Path(os.environ.get("PRN_EDGE_DEMO", Path.home() / ".cache" / "prn-edge" / "demo"))
-DEMO_MODEL = DEMO_ROOT / "model"
 
 __all__ = ["DEMO_MODEL", "DEMO_ROOT", "build_parser", "main"]
 
@@ -52,11 +49,22 @@ _seconds = bounded_float("seconds", 0)
 
 
 def _frame(text: str) -> tuple[int, int]:
+    """``WxH`` -> (width, height), as :func:`prn_edge.bench.api.bench` takes it."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {text!r}") from None
-    return h, w
+    return w, h
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,9 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, metavar="DEV",
                    help="torch device of the PyTorch / CuPy-fused engines: cpu, cuda, cuda:N (default: cuda if "
                         "usable, else cpu)")
-    p.add_argument("--frame", type=_frame, default=(720, 1280), metavar="WxH",
+    p.add_argument("--frame", type=_frame, default=(1280, 720), metavar="WxH",
                    help="camera frame size that preprocessing resizes (default 1280x720)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default="stretch", help="resize policy (default stretch)")
+    p.add_argument("--threshold", type=_threshold, default=None, metavar="FLOAT",
+                   help="decision threshold on the image score, for a model without a calibrated one "
+                        "(default: the model's calibrated threshold)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write bench.json, bench.md and bench.png here (default: DIR/bench of the model, unless "
                         "--json/--md/--plot name files)")
@@ -119,87 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _outputs(args: argparse.Namespace, model_dir: Path) -> tuple[Path | None, Path | None, Path | None]:
-    """The files to write; folders are checked (or created for --out) before any work."""
-    named = [args.json, args.md, args.plot]
-    if args.out is None and not any(named):
-        args.out = model_dir / "bench"
-    if args.out is not None:
-        out = args.out.expanduser()
-        if out.exists() and not out.is_dir():
-            raise PRNError(f"{out}: exists and is not a folder (--out)")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PRNError(f"{out}: cannot create the output folder ({exc.strerror}); choose another --out") from exc
-        named = [p or out / name for p, name in zip(named, ("bench.json", "bench.md", "bench.png"))]
-    for flag, path in zip(("--json", "--md", "--plot"), named):
-        if path is not None and not path.expanduser().parent.is_dir():
-            raise PRNError(f"{path}: its folder does not exist ({flag})")
-    json_path, md_path, plot_path = (None if p is None else p.expanduser() for p in named)
-    return json_path, md_path, plot_path
-
-
-def _choose(candidates, backends, precisions):
-    """(chosen, skipped) from the discovered candidates and the user's filters."""
-    from prn_edge.bench.engines import matches
-
-    chosen, skipped = [], []
-    for c in candidates:
-        if not matches(c, backends, precisions):
-            continue
-        if not c.available or not c.default and precisions is None:
-            skipped.append({"backend": c.backend, "precision": c.precision, "reason": c.reason})
-        else:
-            chosen.append(c)
-    return chosen, skipped
-
-
 def _run(args: argparse.Namespace) -> int:
-    from prn_edge.bench.cost import model_cost
-    from prn_edge.bench.engines import discover
-    from prn_edge.bench.harness import BenchSettings, run_benchmark
-    from prn_edge.bench.report import (
-        build_report,
-        machine_info,
-        render_table,
-        write_outputs,
-    )
+    from prn_edge.bench.api import bench, demo_model
 
     say = (lambda _line: None) if args.quiet else (lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
-    if args.model is None:
-        if not DEMO_MODEL.is_dir():
-            raise PRNError(f"no model given and no demo model at {DEMO_MODEL}: run the demo first "
-                           "(python -m prn_edge.demo) or pass --model DIR")
-        model_dir = DEMO_MODEL
-    else:
-        model_dir = args.model.expanduser()
-    if args.threads < 0:
-        raise PRNError(f"--threads must be >= 0, got {args.threads}")
-    settings = BenchSettings(batches=tuple(args.batch), warmup_s=args.warmup, duration_s=args.duration,
-                             round_s=args.round, frame_hw=args.frame, resize=args.resize, reference=args.reference)
-    settings.validate()
-    candidates, checkpoint = discover(model_dir, checkpoint=args.checkpoint, threads=args.threads, device=args.device)
-    json_path, md_path, plot_path = _outputs(args, model_dir)
-    chosen, skipped = _choose(candidates, args.backends, args.precisions)
-    if not chosen:
-        why = "; ".join(f"{s['backend']}:{s['precision']}: {s['reason']}" for s in skipped) or "nothing matches"
-        raise PRNError(f"no backend to benchmark in {model_dir} ({why})")
-    say(f"benchmarking {', '.join(c.key for c in chosen)} on {model_dir}")
-
-    run = run_benchmark([(c.key, c.open) for c in chosen], settings, progress=say)
-    say("counting FLOPs and bytes")
-    cost = model_cost(checkpoint, {c.key: c.path for c in chosen if c.backend != "torch" and c.path is not None})
-    first = run.engines[0].describe
-    model = {"dir": str(model_dir), "image_size": first.get("image_size"),
-             "checkpoint": None if checkpoint is None else str(checkpoint),
-             "checkpoint_sha256": next((e.describe.get("checkpoint_sha256") for e in run.engines
-                                        if e.describe.get("checkpoint_sha256")), None)}
-    report = build_report(run, cost=cost, skipped=skipped, model=model, machine=machine_info())
-    print(render_table(report))
-    written = write_outputs(report, run, json_path=json_path, md_path=md_path, plot_path=plot_path)
-    if written:
-        print(f"{PROG}: wrote {', '.join(str(p) for p in written)}")
+    model = demo_model(DEMO_MODEL) if args.model is None else args.model
+    result = bench(model, checkpoint=args.checkpoint, backends=args.backends, precisions=args.precisions,
+                   batch=args.batch, warmup=args.warmup, duration=args.duration, round=args.round,
+                   reference=args.reference, threads=args.threads, device=args.device, frame=args.frame,
+                   resize=args.resize, threshold=args.threshold, out=args.out, json=args.json, md=args.md,
+                   plot=args.plot, quiet=args.quiet, say=say)
+    print(result.table())
+    if result.written:
+        print(f"{PROG}: wrote {', '.join(str(p) for p in result.written)}")
     return 0
 
 

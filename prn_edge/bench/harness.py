@@ -1,17 +1,15 @@
 """The benchmark harness: every engine timed per stage, interleaved in short rounds.
 
-What one *iteration* of a cell (engine, batch size B) times, with the runtime's own functions
-(the path ``prn-inspect`` runs, batched):
+One *iteration* of a cell (engine, batch size B) is one call of the runtime's batched
+:class:`~prn_edge.runtime.pipeline.Pipeline` (the path ``prn-inspect`` runs) on B camera-sized
+BGR frames (default 1280x720), timed by the pipeline's own stages:
 
-- ``preprocess``: :func:`prn_edge.imaging.preprocess.prepare_frame` on B camera-sized BGR
-  frames (default 1280x720) -> one uint8 (B, S, S, 3) batch;
+- ``preprocess``: the frames -> one uint8 (B, S, S, 3) batch;
 - ``compute``: ``engine.predict(batch)``. Where an engine separates host-to-device copy,
-  compute and device-to-host copy it reports them in ``engine.last_timings`` (seconds, keys
-  ``h2d``, ``compute``, ``d2h``) and they are split out; on the CPU backends there is no
-  transfer, so these stages do not exist and ``compute`` is the whole call;
-- ``postprocess``: per frame, :func:`prn_edge.runtime.postprocess.find_regions` (threshold +
-  connected components, boxes mapped back to the frame) and
-  :func:`~prn_edge.runtime.postprocess.decide`.
+  compute and device-to-host copy (the contract's ``last_timings``) they are split out as
+  ``h2d``, ``compute``, ``d2h``; on the CPU backends there is no transfer, so these stages do
+  not exist and ``compute`` is the whole call;
+- ``postprocess``: defect regions and the decision of every frame.
 
 Interleaving: after each engine's warm-up, rounds visit every cell in turn (the starting
 cell rotates by one each round), each visit lasting about ``round_s``; rounds repeat until
@@ -37,7 +35,9 @@ from typing import Any
 import numpy as np
 
 from prn_edge.bench.stats import MIN_SAMPLES, instability, latency_stats, paired_ratio
+from prn_edge.contract.engine import DEVICE_STAGES
 from prn_edge.errors import PRNError
+from prn_edge.runtime.pipeline import STAGES
 
 __all__ = [
     "STAGES",
@@ -50,9 +50,6 @@ __all__ = [
     "synthetic_frames",
 ]
 
-STAGES = ("preprocess", "h2d", "compute", "d2h", "postprocess")
-DEVICE_STAGES = ("h2d", "compute", "d2h")
-DEFAULT_PIXEL_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +68,10 @@ class BenchSettings:
         reference: key of the engine that ratios refer to (``torch:fp32``); None or absent:
             the first engine.
         seed: seed of the synthetic frames.
+        threshold: decision threshold (None: the model's calibrated one; an uncalibrated model
+            needs one, as in prn-inspect).
+        require_threshold: False only for timing the engines alone (prn-export's latency table):
+            an uncalibrated model is then run without regions and decisions.
     """
 
     batches: tuple[int, ...] = (1, 8, 32)
@@ -82,6 +83,8 @@ class BenchSettings:
     resize: str = "stretch"
     reference: str | None = "torch:fp32"
     seed: int = 0
+    threshold: float | None = None
+    require_threshold: bool = True
 
     def validate(self) -> None:
         if not self.batches or any(int(b) < 1 for b in self.batches):
@@ -100,7 +103,7 @@ class BenchSettings:
         return {"batches": list(self.batches), "warmup_s": self.warmup_s, "duration_s": self.duration_s,
                 "round_s": self.round_s, "min_samples": self.min_samples,
                 "frame": f"{self.frame_hw[1]}x{self.frame_hw[0]}", "resize": self.resize,
-                "reference": self.reference, "seed": self.seed}
+                "reference": self.reference, "seed": self.seed, "threshold": self.threshold}
 
 
 def rss_bytes() -> int | None:
@@ -186,7 +189,6 @@ class EngineRun:
     describe: dict[str, Any]
     memory: dict[str, Any]
     threshold: float
-    threshold_note: str = ""
 
 
 @dataclass
@@ -224,52 +226,24 @@ def _median(values: Sequence[float]) -> float:
 
 
 class _Runner:
-    """Runs iterations of cells for one engine (the batched pipeline of prn-inspect)."""
+    """Runs iterations of cells for one engine: the batched pipeline of prn-inspect."""
 
     def __init__(self, key: str, engine, frames: list[np.ndarray], settings: BenchSettings, clock) -> None:
-        from prn_edge.runtime.pipeline import InspectConfig
-        from prn_edge.imaging.preprocess import frame_geometry
+        from prn_edge.runtime.pipeline import InspectConfig, Pipeline
 
         self.key = key
         self.engine = engine
         self.frames = frames
-        self.clock = clock
         self.size = int(engine.image_size)
-        self.resize = settings.resize
-        h, w = frames[0].shape[:2]
-        self.geometry = frame_geometry(h, w, self.size, policy=settings.resize)
-        # prn-inspect's defaults: the decision threshold also thresholds the map, small regions dropped.
-        self.min_area = InspectConfig().min_region_area
-        threshold = getattr(engine, "threshold", None)
-        if threshold is None:
-            self.threshold, self.note = DEFAULT_PIXEL_THRESHOLD, (
-                f"{key}: the model has no calibrated threshold; regions and decisions use {DEFAULT_PIXEL_THRESHOLD}")
-        else:
-            self.threshold, self.note = float(threshold), ""
+        self.pipeline = Pipeline(engine, InspectConfig(resize=settings.resize, threshold=settings.threshold),
+                                 require_threshold=settings.require_threshold, clock=clock)
+        self.threshold = self.pipeline.threshold
 
     def iterate(self, batch: int) -> dict[str, float]:
         """One timed iteration; seconds per stage (NaN for stages that do not exist here)."""
-        from prn_edge.runtime.postprocess import decide, find_regions
-        from prn_edge.imaging.preprocess import prepare_frame
-
-        clock, n = self.clock, len(self.frames)
-        t0 = clock()
-        x = np.stack([prepare_frame(self.frames[i % n], self.size, policy=self.resize, order="BGR")
-                      for i in range(batch)])                                   # (B, S, S, 3) uint8
-        t1 = clock()
-        maps, scores = self.engine.predict(x)                                  # (B, S, S), (B,)
-        t2 = clock()
-        for i in range(batch):
-            find_regions(maps[i], self.threshold, self.geometry, min_area=self.min_area)
-            decide(float(scores[i]), self.threshold)
-        t3 = clock()
-        split = getattr(self.engine, "last_timings", None)
-        out = {"preprocess": t1 - t0, "postprocess": t3 - t2, "total": t3 - t0}
-        if isinstance(split, dict) and all(k in split for k in DEVICE_STAGES):
-            out.update({k: float(split[k]) for k in DEVICE_STAGES})
-        else:
-            out.update({"h2d": float("nan"), "compute": t2 - t1, "d2h": float("nan")})
-        return out
+        n = len(self.frames)
+        timings = self.pipeline.run([self.frames[i % n] for i in range(batch)]).timings
+        return {stage: float(timings.get(stage, float("nan"))) for stage in (*STAGES, "total")}
 
 
 def run_benchmark(engines: Sequence[tuple[str, Callable[[], Any]]], settings: BenchSettings | None = None, *,
@@ -290,7 +264,8 @@ def run_benchmark(engines: Sequence[tuple[str, Callable[[], Any]]], settings: Be
         The :class:`BenchRun`; engines are closed.
 
     Raises:
-        PRNError: no engine, duplicate keys, engines of different input sizes, or an engine failing.
+        PRNError: no engine, duplicate keys, engines of different input sizes, an uncalibrated model
+            without ``settings.threshold``, or an engine failing.
     """
     settings = settings or BenchSettings()
     settings.validate()
@@ -335,7 +310,7 @@ def run_benchmark(engines: Sequence[tuple[str, Callable[[], Any]]], settings: Be
                                 "warm-up; engines loaded one after another in one process"}
             runners.append(runner)
             runs.append(EngineRun(key=key, name=engine.name, describe=engine.describe(), memory=memory,
-                                  threshold=runner.threshold, threshold_note=runner.note))
+                                  threshold=runner.threshold))
 
         cells = [CellResult(key, b) for key in keys for b in batches]
         runner_of = dict(zip(keys, runners))
@@ -374,7 +349,7 @@ def run_benchmark(engines: Sequence[tuple[str, Callable[[], Any]]], settings: Be
                 close()
 
     reference = settings.reference if settings.reference in keys else keys[0]
-    notes = [r.threshold_note for r in runs if r.threshold_note]
+    notes = []
     if settings.reference and settings.reference not in keys:
         notes.append(f"reference {settings.reference} was not measured; ratios refer to {reference}")
     if not any(r.memory["rss_load_mib"] is not None for r in runs):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from prn_edge.errors import DataError, PRNError, require
+from prn_edge.imaging.read import read_mask
 
 cv2 = require("cv2", "foreground masks")
 
@@ -267,13 +268,10 @@ class ForegroundCache:
     def _read(target: Path, hw: tuple[int, int]) -> np.ndarray | None:
         # A missing, corrupt or wrong-size entry is a cache miss: it is recomputed and replaced.
         try:
-            data = np.fromfile(target, dtype=np.uint8)
-        except OSError:
+            stored = read_mask(target)
+        except DataError:
             return None
-        stored = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-        if stored is None or stored.shape != tuple(hw):
-            return None
-        return stored > 127
+        return stored if stored.shape == tuple(hw) else None
 
     def _write(self, target: Path, mask: np.ndarray) -> None:
         ok, encoded = cv2.imencode(".png", mask.astype(np.uint8) * 255)

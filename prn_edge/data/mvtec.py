@@ -9,8 +9,10 @@ Layout (MVTec AD, and every dataset under ``shared/data``)::
 
 Any common image extension is accepted, case-insensitively (:data:`IMAGE_EXTENSIONS`).
 Scanning only lists files; pixels are read by :func:`load_image` / :func:`load_mask`
-(or :func:`load_sample`, which reads the image once for both). Every problem with the
-data is a one-line :class:`~prn_edge.errors.DataError` that names the file or folder.
+(or :func:`load_sample`, which reads the image once for both). Listing, decoding and pixel
+conversion are :mod:`prn_edge.imaging.read`'s, so the inspection loop sees the same pixels.
+Every problem with the data is a one-line :class:`~prn_edge.errors.DataError` that names
+the file or folder.
 
 This module needs numpy and OpenCV only (no torch), so the edge runtime can use it.
 """
@@ -21,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prn_edge.errors import DataError, PRNError, require
-from prn_edge.imaging.preprocess import resize_image, to_rgb
-
-cv2 = require("cv2", "reading images")
+from prn_edge.errors import DataError, PRNError
+from prn_edge.imaging.preprocess import resize_image
+from prn_edge.imaging.read import IMAGE_EXTENSIONS, is_image, list_images, read_image, read_mask
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -36,11 +37,6 @@ __all__ = [
     "load_sample",
     "split_seen_anomalies",
 ]
-
-#: Image file extensions recognised when scanning (compared lower-case).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-)
 
 GOOD = "good"
 
@@ -81,17 +77,6 @@ class MVTecCategory:
 # Scanning
 
 
-def _is_image(path: Path) -> bool:
-    # Hidden files (.DS_Store, macOS "._x.png" resource forks) are never images.
-    return (
-        path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
-    )
-
-
-def _list_images(folder: Path) -> list[Path]:
-    # Sorted by name so the order never depends on the filesystem.
-    return sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
-
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
@@ -106,7 +91,7 @@ def _mask_index(gt_dir: Path) -> dict[str, list[Path]]:
     """One defect type's masks keyed by file stem (``000_mask``); empty if the folder is missing."""
     index: dict[str, list[Path]] = {}
     if gt_dir.is_dir():
-        for p in _list_images(gt_dir):
+        for p in list_images(gt_dir):
             index.setdefault(p.stem, []).append(p)
     return index
 
@@ -146,7 +131,7 @@ def scan_category(root: str | Path) -> MVTecCategory:
     train_dir = _require_dir(root / "train" / GOOD, "training folder")
     test_dir = _require_dir(root / "test", "test folder")
 
-    train = [Sample(p, 0, GOOD) for p in _list_images(train_dir)]
+    train = [Sample(p, 0, GOOD) for p in list_images(train_dir)]
     if not train:
         exts = " ".join(sorted(IMAGE_EXTENSIONS))
         raise DataError(f"{train_dir}: no training image ({exts})")
@@ -157,33 +142,17 @@ def scan_category(root: str | Path) -> MVTecCategory:
             continue
         kind = type_dir.name
         if kind == GOOD:
-            test.extend(Sample(path, 0, GOOD) for path in _list_images(type_dir))
+            test.extend(Sample(path, 0, GOOD) for path in list_images(type_dir))
             continue
         gt_dir = root / "ground_truth" / kind
         masks = _mask_index(gt_dir)
-        for path in _list_images(type_dir):
+        for path in list_images(type_dir):
             test.append(Sample(path, 1, kind, _find_mask(masks, gt_dir, path)))
     return MVTecCategory(root=root, name=root.name, train=train, test=test)
 
 
 # --------------------------------------------------------------------------------------
 # Loading
-
-
-def _read(path: Path) -> np.ndarray:
-    """Decode a file as stored (depth, channels), without EXIF rotation (masks must match).
-
-    Reads the bytes with Python and decodes them with ``cv2.imdecode``: unlike
-    ``cv2.imread`` this tells a missing file from a corrupt one and accepts non-ASCII paths.
-    """
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:  # missing, a folder, no permission
-        raise DataError(f"{path}: cannot read image ({exc.strerror or exc})") from exc
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if array is None:
-        raise DataError(f"{path}: cannot decode image (empty, truncated or not an image)")
-    return array
 
 
 def _resize(array: np.ndarray, size: int | None, interpolation: str = "auto") -> np.ndarray:
@@ -194,14 +163,6 @@ def _resize(array: np.ndarray, size: int | None, interpolation: str = "auto") ->
 def _check_size(size: int | None) -> None:
     if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
         raise PRNError(f"image size must be a positive integer or None, got {size!r}")
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    """The native-size image as uint8 RGB (H, W, 3)."""
-    try:
-        return to_rgb(_read(path), order="BGR")
-    except PRNError as exc:
-        raise DataError(f"{path}: {exc}") from exc
 
 
 def load_image(path: str | Path, size: int | None = 256) -> np.ndarray:
@@ -222,14 +183,7 @@ def load_image(path: str | Path, size: int | None = 256) -> np.ndarray:
         DataError: The file is missing, unreadable, corrupt or of an unsupported type.
     """
     _check_size(size)
-    path = Path(path)
-    return np.ascontiguousarray(_resize(_read_rgb(path), size))
-
-
-def _binarise(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3:  # a colour-saved mask: any non-black channel marks the defect
-        array = array[:, :, : min(3, array.shape[2])].max(axis=2)
-    return array > 127
+    return np.ascontiguousarray(_resize(read_image(Path(path), order="RGB"), size))
 
 
 def _resize_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
@@ -266,14 +220,14 @@ def load_mask(path: str | Path, image_hw: tuple[int, int], size: int | None = 25
     """
     _check_size(size)
     path = Path(path)
-    native = _read(path)
+    native = read_mask(path)
     hw = tuple(int(v) for v in native.shape[:2])
     if hw != tuple(int(v) for v in image_hw):
         raise DataError(
             f"{path}: mask is {hw[1]}x{hw[0]} (WxH) but its image is "
             f"{int(image_hw[1])}x{int(image_hw[0])}; masks must have the native image size"
         )
-    return np.ascontiguousarray(_resize_mask(_binarise(native), size))
+    return np.ascontiguousarray(_resize_mask(native, size))
 
 
 def load_sample(sample: Sample, size: int | None = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +245,7 @@ def load_sample(sample: Sample, size: int | None = 256) -> tuple[np.ndarray, np.
         DataError: As :func:`load_image` and :func:`load_mask`.
     """
     _check_size(size)
-    native = _read_rgb(Path(sample.path))
+    native = read_image(Path(sample.path), order="RGB")
     image = np.ascontiguousarray(_resize(native, size))
     if sample.mask_path is None:
         mask = np.zeros(image.shape[:2], dtype=bool)

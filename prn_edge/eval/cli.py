@@ -1,10 +1,11 @@
 """``prn-eval``: score a checkpoint on an MVTec-layout category and write the report.
 
-The command is a thin view of the API::
+The command is a thin view of :func:`prn_edge.eval.api.evaluate_checkpoint` (``prn_edge.api.evaluate``),
+which does::
 
-    predictor = TorchPRNPredictor.from_checkpoint(checkpoint, device)
+    engine = TorchEngine.from_checkpoint(checkpoint, device=device)
     category = scan_category(data)
-    result = evaluate(predictor, category, exclude=seen_anomalies_from(predictor.checkpoint, category))
+    result = evaluate(engine, category, exclude=seen_anomalies_from(engine.checkpoint, category))
     write_report(result, out)
 
 ``--baseline patchcore`` scores the unsupervised PatchCore baseline
@@ -20,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 from prn_edge.cli import ArgumentParser, positive_int, run_cli
-from prn_edge.errors import PRNError
-from prn_edge.io import check_output_dir
+from prn_edge.eval.api import BASELINES
 
 PROG = "prn-eval"
-BASELINES = ("patchcore",)
 
 __all__ = ["build_parser", "main"]
 
@@ -49,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                "2 images per type\n"
                "  prn-eval --checkpoint ckpt.pt --data DIR --out OUT --device cuda --batch-size 32\n"
                "  prn-eval --baseline patchcore --seen-from ckpt.pt --data DIR --out OUT   # side by side\n\n"
-               "Python: prn_edge.eval.evaluate.evaluate(TorchPRNPredictor.from_checkpoint(...), "
-               "scan_category(...), exclude=...)",
+               "Python: prn_edge.api.evaluate(checkpoint=..., data=..., out=...)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", type=Path, metavar="FILE",
@@ -75,76 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _make_predictor(args: argparse.Namespace):
-    """Load what can be loaded cheaply, before any long computation.
-
-    Returns:
-        ``(predictor, seen_source, notes)``: the PRN predictor (None for a baseline, which is
-        fitted later), the checkpoint whose seen anomalies to leave out (None: nothing to
-        leave out), and notes for the report.
-    """
-    from prn_edge.eval.predictors import TorchPRNPredictor
-
-    if args.checkpoint is not None:
-        if args.seen_from is not None:
-            raise PRNError("--seen-from is for --baseline only: a checkpoint's own seen anomalies "
-                           "are always left out")
-        predictor = TorchPRNPredictor.from_checkpoint(args.checkpoint, device=args.device)
-        return predictor, predictor.checkpoint, []
-
-    from prn_edge.checkpoint import load_checkpoint
-
-    if args.device != "cpu":
-        raise PRNError(f"--baseline {args.baseline} runs on the CPU only (PatchCorePredictor has no "
-                       "device option); drop --device")
-    seen_source = load_checkpoint(args.seen_from) if args.seen_from is not None else None
-    notes = [] if seen_source is not None else [
-        f"the {args.baseline} baseline is scored on the whole test split; pass --seen-from CHECKPOINT to "
-        "leave out a PRN model's seen anomalies and compare both on the same images"]
-    return None, seen_source, notes
-
-
-def _fit_baseline(args: argparse.Namespace, category):
-    """Fit the baseline on ``train/good`` (after every cheap check has passed)."""
-    from prn_edge.baseline.patchcore import PatchCorePredictor
-
-    predictor = PatchCorePredictor.fit_category(category, progress=not args.no_progress)
-    info = {"baseline": args.baseline, "config": predictor.config.to_dict(), "fit": dict(predictor.fit_stats)}
-    return predictor, info
-
-
 def _run(args: argparse.Namespace) -> int:
-    # Imports here keep `prn-eval --help` fast and torch-free.
-    from prn_edge.data.mvtec import scan_category
-    from prn_edge.eval.evaluate import evaluate, seen_anomalies_from
-    from prn_edge.eval.report import render_report, summary_text, write_report
+    from prn_edge.eval.api import evaluate_checkpoint
 
-    out = args.out.expanduser()
-    check_output_dir(out)
-    category = scan_category(args.data)
-    predictor, seen_source, notes = _make_predictor(args)
-
-    # Warnings (e.g. no seen-anomaly record) are shown now and stated in the report.
-    exclude: set[str] = set()
-    if seen_source is not None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            exclude = seen_anomalies_from(seen_source, category)
-        notes += [str(w.message) for w in caught]
-    for note in notes:
-        print(f"{PROG}: warning: {note}", file=sys.stderr)
-
-    info = {}
-    if predictor is None:  # the baseline: fitted only now, once the inputs are known to be good
-        predictor, info = _fit_baseline(args, category)
-    result = evaluate(predictor, category, exclude=exclude, batch_size=args.batch_size,
-                      progress=not args.no_progress, limit_per_type=args.limit)
-    result.info.update(info)
-    if seen_source is not None and args.baseline is not None and seen_source.sha256:
-        result.info["seen_from_sha256"] = seen_source.sha256
-    rendered = render_report(result, notes)       # everything in memory first
-    written = write_report(result, out, notes, rendered=rendered)
-    print(summary_text(result, written, notes))
+    result = evaluate_checkpoint(data=args.data, out=args.out, checkpoint=args.checkpoint, baseline=args.baseline,
+                                 seen_from=args.seen_from, device=args.device, batch_size=args.batch_size,
+                                 limit=args.limit, no_progress=args.no_progress,
+                                 warn=lambda note: print(f"{PROG}: warning: {note}", file=sys.stderr))
+    print(result.summary_text())
     return 0
 
 

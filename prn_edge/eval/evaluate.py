@@ -1,8 +1,10 @@
-"""Evaluate any :class:`~prn_edge.eval.predictors.Predictor` on an MVTec-layout category.
+"""Evaluate any :class:`~prn_edge.contract.engine.Engine` on an MVTec-layout category.
 
-One function, :func:`evaluate`, for every backend: it reads the test images at the
-predictor's input size, scores them in batches, and computes the metrics of spec section 9
-overall and per defect type. The seen anomalies a supervised model trained on (spec section
+One function, :func:`evaluate`, for every backend (the PyTorch model, ONNX Runtime, TensorRT,
+the PatchCore baseline): it reads the test images at the engine's input size, judges them in
+batches through the runtime's :class:`~prn_edge.runtime.pipeline.Pipeline` (so its decisions
+are those prn-inspect would make), and computes the metrics of spec section 9 overall and per
+defect type. The seen anomalies a supervised model trained on (spec section
 7, recorded by training in ``checkpoint.metadata["data"]["seen_anomalies"]``) are removed
 first: :func:`seen_anomalies_from` reads that record, and :func:`evaluate` refuses to score
 an excluded sample.
@@ -21,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from prn_edge.contract.engine import Engine
 from prn_edge.data.mvtec import MVTecCategory, Sample, load_sample
 from prn_edge.errors import PRNError
 from prn_edge.eval.metrics import DEFAULT_FPR_LIMIT, Metrics, compute_metrics_by_type
-from prn_edge.eval.predictors import Predictor, check_images, check_prediction
 
 __all__ = [
     "EvaluationResult",
@@ -67,6 +69,8 @@ class EvaluationResult:
         info: extra facts about the predictor worth reporting, plain data (``device`` and
             ``checkpoint_sha256`` when the predictor has them; callers may add more, e.g. a
             baseline's settings: they go to ``metrics.json`` under ``predictor_info``).
+        threshold: the decision threshold used (None: an uncalibrated scorer, no decisions).
+        anomalous: (N,) bool decisions, ``score > threshold`` (None without a threshold).
     """
 
     predictor: str
@@ -89,6 +93,8 @@ class EvaluationResult:
     seconds_total: float
     batch_seconds: list[float] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    threshold: float | None = None
+    anomalous: np.ndarray | None = None
 
     @property
     def num_images(self) -> int:
@@ -253,13 +259,13 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
 
 
-def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable[str] = (),
+def evaluate(predictor: Engine, category: MVTecCategory, *, exclude: Iterable[str] = (),
              batch_size: int = 8, progress: bool = True, limit_per_type: int | None = None,
-             fpr_limit: float = DEFAULT_FPR_LIMIT) -> EvaluationResult:
+             fpr_limit: float = DEFAULT_FPR_LIMIT, threshold: float | None = None) -> EvaluationResult:
     """Score the test images of ``category`` (minus ``exclude``) and compute the metrics.
 
     Args:
-        predictor: any object following the :class:`Predictor` contract.
+        predictor: any :class:`~prn_edge.contract.engine.Engine`.
         category: from :func:`~prn_edge.data.mvtec.scan_category`.
         exclude: relative paths never to evaluate, e.g. :func:`seen_anomalies_from`.
         batch_size: images per ``predict`` call.
@@ -267,6 +273,8 @@ def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable
         limit_per_type: evaluate only the first N images of each type (quick checks; the
             numbers are then not comparable with full runs).
         fpr_limit: PRO integration limit (0.3 by the MVTec AD protocol).
+        threshold: decision threshold (default: the engine's calibrated one; none for an
+            uncalibrated scorer, whose result then has no decisions).
 
     Returns:
         The :class:`EvaluationResult`.
@@ -275,10 +283,12 @@ def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable
         PRNError: unreadable images, a predictor breaking its contract, an unknown excluded
             path, or an evaluation set the metrics cannot use (no good or no defective image).
     """
+    from prn_edge.runtime.pipeline import InspectConfig, Pipeline
+
     start = time.perf_counter()
-    if not isinstance(predictor, Predictor):
-        raise PRNError(f"{type(predictor).__name__} is not a predictor: it needs a name, an "
-                       "image_size and predict(images) -> (maps, scores)")
+    if not isinstance(predictor, Engine):
+        raise PRNError(f"{type(predictor).__name__} is not an engine: subclass prn_edge.contract.Engine "
+                       "(image_size, _predict(images) -> (maps, scores))")
     size = predictor.image_size
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise PRNError(f"predictor {predictor.name!r} has a bad image_size {size!r}")
@@ -298,6 +308,8 @@ def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable
     maps = np.empty((n, size, size), dtype=np.float32)   # (N, S, S)
     masks = np.empty((n, size, size), dtype=bool)        # (N, S, S)
     scores = np.empty(n, dtype=np.float32)               # (N,)
+    pipeline = Pipeline(predictor, InspectConfig(threshold=threshold), require_threshold=False)
+    anomalous = None if pipeline.threshold is None else np.empty(n, dtype=bool)   # (N,)
     batch_seconds: list[float] = []
     bar = _progress_bar(n, f"{predictor.name} on {category.name}", progress)
     evaluated: list[str] = []
@@ -307,12 +319,11 @@ def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable
             images = np.empty((hi - lo, size, size, 3), dtype=np.uint8)   # (B, S, S, 3) RGB
             for i in range(lo, hi):
                 images[i - lo], masks[i] = load_sample(samples[i], size)
-            check_images(images, size)
-            t0 = time.perf_counter()
-            batch_maps, batch_scores = predictor.predict(images)
-            batch_seconds.append(time.perf_counter() - t0)
-            maps[lo:hi], scores[lo:hi] = check_prediction(predictor.name, batch_maps, batch_scores,
-                                                          hi - lo, size)
+            judged = pipeline.judge(images)                              # the engine checks the contract
+            batch_seconds.append(judged.timings["infer"])
+            maps[lo:hi], scores[lo:hi] = judged.maps, judged.scores
+            if anomalous is not None:
+                anomalous[lo:hi] = judged.anomalous
             evaluated.extend(paths[lo:hi])
             if bar is not None:
                 bar.update(hi - lo)
@@ -346,4 +357,5 @@ def evaluate(predictor: Predictor, category: MVTecCategory, *, exclude: Iterable
         masks=masks, metrics=overall, per_type=per_type, excluded=excluded,
         limit_per_type=None if limit_per_type is None else int(limit_per_type),
         batch_size=int(batch_size), seconds_predict=float(sum(batch_seconds)),
-        seconds_total=time.perf_counter() - start, batch_seconds=batch_seconds, info=info)
+        seconds_total=time.perf_counter() - start, batch_seconds=batch_seconds, info=info,
+        threshold=pipeline.threshold, anomalous=anomalous)

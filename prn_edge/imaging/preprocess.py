@@ -1,8 +1,9 @@
 """Frame preprocessing shared by training data, evaluation, export checks and the camera loop.
 
 The deployable model takes uint8 RGB NHWC at its input size and normalises inside the
-graph, so this is the only image work a caller does: colour conversion, an optional
-region of interest, and one resize policy. numpy + OpenCV only (no torch).
+graph, so this is the only image work a caller does: colour conversion (:func:`to_rgb`, which
+lives in :mod:`prn_edge.imaging.read` with the file reader so files and frames convert alike),
+an optional region of interest, and one resize policy. numpy + OpenCV only (no torch).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prn_edge.errors import PRNError, require
+from prn_edge.imaging.read import to_rgb, to_uint8  # noqa: F401  (the one pixel conversion; re-exported)
 
 RESIZE_POLICIES = ("stretch", "center-crop", "letterbox")
 
@@ -76,38 +78,6 @@ def _resize(cv2, image: np.ndarray, width: int, height: int, interpolation: str,
     else:
         out = cv2.resize(image, (width, height), interpolation=modes[interpolation])
     return out if out.ndim == image.ndim else out[..., None]  # cv2 drops a single channel
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """8-bit pixels: 16-bit keeps its top 8 bits (rounded), float is taken as [0, 1]."""
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if image.dtype in (np.float32, np.float64):
-        return (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    raise PRNError(f"unsupported pixel type {image.dtype} (use 8- or 16-bit images)")
-
-
-def to_rgb(image: np.ndarray, order: str = "BGR") -> np.ndarray:
-    """Any OpenCV frame (grey, grey+alpha, BGR, BGRA; 8/16-bit or float) as uint8 HxWx3 RGB.
-
-    An alpha channel is dropped, not composited: cameras and datasets store opaque pixels.
-    """
-    cv2 = _cv2()
-    image = to_uint8(image)
-    if image.ndim == 3 and image.shape[2] in (1, 2):
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise PRNError(f"expected a grey, 3- or 4-channel image, got shape {image.shape}")
-    if order == "RGB":
-        return np.ascontiguousarray(image[..., :3])
-    if order != "BGR":
-        raise PRNError(f"unknown channel order {order!r}: BGR or RGB")
-    code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
-    return cv2.cvtColor(image, code)
 
 
 def crop_roi(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:

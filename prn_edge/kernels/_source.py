@@ -1,12 +1,16 @@
 """Where the CUDA sources live and how they are handed to a compiler.
 
-The ``.cu`` files in the repository's ``kernels/`` folder are the single source of the fused
-ops (DESIGN.md, Kernels). This package finds that folder relative to itself (``prn_edge/`` sits
-beside ``kernels/`` in the repository, so an editable install finds it too), or at
-``$PRN_EDGE_KERNELS_DIR``. No torch, no CuPy: importable anywhere.
+The ``.cu`` files in the repository's top-level ``kernels/`` folder are the single source of the
+fused ops. setup.py installs that folder as the package ``prn_edge.cuda`` (package data: the
+``.cu``/``.cuh``/``.h`` files, ``plugins/``, ``emulator/``), so :func:`kernels_dir`, the one place
+that locates them, finds them with ``importlib.resources`` from a wheel and from an editable
+install alike (a bare checkout on ``sys.path`` has no ``prn_edge.cuda``, as it has no
+``prn_edge.export``); ``$PRN_EDGE_KERNELS_DIR`` overrides it (a mutated copy, say).
+No torch, no CuPy: importable anywhere.
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 from functools import lru_cache
@@ -25,25 +29,41 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
 }
 
 _ENV = "PRN_EDGE_KERNELS_DIR"
+_PACKAGE = "prn_edge.cuda"  # the top-level kernels/ folder, mapped by setup.py
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 _CONSTANT = re.compile(r"^\s*(?:inline\s+)?constexpr\s+int\s+(\w+)\s*=\s*(-?\d+)\s*;", re.MULTILINE)
 
 
 def kernels_dir() -> Path:
-    """The folder with the ``.cu`` sources.
+    """The folder with the ``.cu`` sources: ``$PRN_EDGE_KERNELS_DIR``, else the ``prn_edge.cuda`` package.
 
     Raises:
         PRNError: not found (say where it was looked for and how to point at it).
     """
     env = os.environ.get(_ENV)
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "kernels")
+    package = _package_dir()
+    if package is not None:
+        candidates.append(package)
     for path in candidates:
         if all((path / name).is_file() for name in KERNEL_FILES):
             return path
-    looked = ", ".join(str(p) for p in candidates)
-    raise PRNError(f"the CUDA kernel sources were not found (looked in {looked}): use a source checkout "
-                   f"(pip install -e .) or set {_ENV} to the repository's kernels/ folder")
+    looked = ", ".join(str(p) for p in candidates) or f"the package {_PACKAGE}, not importable"
+    raise PRNError(f"the CUDA kernel sources were not found (looked in {looked}): reinstall prn-edge "
+                   f"(pip install . or pip install -e . from a checkout) or set {_ENV} to a kernels/ folder")
+
+
+def _package_dir() -> Path | None:
+    """The directory of the ``prn_edge.cuda`` package (``kernels/`` in a checkout), or None.
+
+    The compilers need a real directory (``-I``, file paths), so a package that is not on the
+    file system (imported from a zip) counts as not found.
+    """
+    try:
+        root = importlib.resources.files(_PACKAGE)
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return root if isinstance(root, Path) else None
 
 
 @lru_cache(maxsize=None)

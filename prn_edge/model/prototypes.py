@@ -2,8 +2,9 @@
 
 Each image's feature map at one scale is one point in D = C*H*W dimensions. The bank of
 K prototypes per scale is found by k-means over the normal training images; at inference
-each image takes its nearest prototype over the whole map (GEMM form, no loop over K) and
-the residual |F - P_k*| (or its square) replaces it as the anomaly evidence.
+each image takes its nearest prototype over the whole map (GEMM form, no loop over K:
+:mod:`prn_edge.model.nearest`, shared with PatchCore) and the residual |F - P_k*| (or its
+square) replaces it as the anomaly evidence.
 """
 from __future__ import annotations
 
@@ -13,26 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from prn_edge.errors import PRNError
-
-
-def squared_distances(points: Tensor, centers: Tensor, center_sqnorm: Tensor | None = None) -> Tensor:
-    """||x - c||^2 up to the per-point constant ||x||^2, in GEMM form.
-
-    ``argmin_k ||x - c_k||^2 = argmin_k (||c_k||^2 - 2 <x, c_k>)``: one (N, D) x (D, K)
-    product instead of N*K difference vectors. Ties (identical centers) give bit-identical
-    values, so ``argmin`` resolves them to the lowest k.
-
-    Args:
-        points: (N, D) features.
-        centers: (K, D) prototypes.
-        center_sqnorm: (K,) precomputed ||c_k||^2 (computed if None).
-
-    Returns:
-        (N, K) distances without the ||x||^2 term.
-    """
-    if center_sqnorm is None:
-        center_sqnorm = centers.pow(2).sum(dim=1)
-    return center_sqnorm.unsqueeze(0) - 2.0 * (points @ centers.T)  # (N, K)
+from prn_edge.model.nearest import nearest_neighbours, squared_distances
 
 
 def nearest_prototype(features: Tensor, bank: Tensor, bank_sqnorm: Tensor | None = None) -> Tensor:
@@ -141,15 +123,9 @@ def _first_unique_rows(points: Tensor, order: Tensor, k: int) -> Tensor:
 
 def _assign(points: Tensor, point_sqnorm: Tensor, centers: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
     """Nearest center per point and its true squared distance (clamped at 0)."""
-    center_sqnorm = centers.pow(2).sum(dim=1)
-    indices, dists = [], []
-    for start in range(0, points.shape[0], chunk_size):
-        block = points[start:start + chunk_size]
-        d = squared_distances(block, centers, center_sqnorm)  # (n, K)
-        best, index = d.min(dim=1)
-        indices.append(index)
-        dists.append((best + point_sqnorm[start:start + chunk_size]).clamp_min(0.0))
-    return torch.cat(indices), torch.cat(dists)
+    dist, index = nearest_neighbours(points, centers, chunk=chunk_size, query_sqnorm=point_sqnorm,
+                                     squared=True)
+    return index, dist
 
 
 def _update_centers(points: Tensor, assignment: Tensor, centers: Tensor, dist: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """``prn-inspect``: run a deployed PRN on a camera, stream, video or image folder.
 
-The command is a thin view of the API::
+The command is a thin view of :func:`prn_edge.runtime.api.inspect` (``prn_edge.api.inspect``), which does::
 
     engine = load_engine(model, backend, precision=..., threads=...)
     pipeline = Pipeline(engine, InspectConfig(resize=..., roi=..., threshold=...))
@@ -20,16 +20,14 @@ cleanly with status 0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from prn_edge.cli import ArgumentParser, positive_int, run_cli
-from prn_edge.errors import PRNError
+from prn_edge.runtime.api import EXIT_SOURCE_FAILED  # noqa: F401 - the exit status, documented here too
 
 PROG = "prn-inspect"
-EXIT_SOURCE_FAILED = 1
 
 __all__ = ["build_parser", "main"]
 
@@ -121,23 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _format_summary(summary, engine_name: str, out: Path, results: Path) -> str:
-    s = summary
-    lines = [(f"{PROG}: {s.frames} frames inspected with {engine_name} in {s.seconds:.1f} s ({s.fps:.2f} FPS); "
-              f"{s.read} read, {s.drops} dropped"),
-             (f"  defects: {s.anomalous} anomalous frame(s), {s.regions} region(s); "
-              f"{s.images_written} image(s) written, {s.images_evicted} removed by the size cap, "
-              f"{s.images_skipped} skipped"),
-             (f"  source: {s.source_errors} failure(s), {s.reconnects} reconnection(s) in "
-              f"{s.reconnect_attempts} attempt(s); ended: {s.end}")]
-    if s.latency_ms:
-        lines.append("  latency ms      p50      p90      p99      max")
-        for stage, q in s.latency_ms.items():
-            lines.append(f"  {stage:<11} {q['p50']:8.2f} {q['p90']:8.2f} {q['p99']:8.2f} {q['max']:8.2f}")
-    lines.append(f"  results: {results}" + (f"; images: {out / 'anomalies'}" if s.images_written else ""))
-    return "\n".join(lines)
-
-
 def _quiet_opencv() -> None:
     # OpenCV prints its own warnings for a missing camera or a broken file; our one-line
     # errors and the reconnection counts say it better (-v keeps them).
@@ -150,71 +131,26 @@ def _quiet_opencv() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     # Imports here keep `prn-inspect --help` fast.
-    from prn_edge.io import check_output_dir
-    from prn_edge.runtime.loader import load_engine, plan_engines
-    from prn_edge.runtime.loop import Backoff, InspectionLoop, stop_on_signals
-    from prn_edge.runtime.pipeline import InspectConfig, Pipeline
-    from prn_edge.runtime.sources import open_source
-    from prn_edge.runtime.store import AnomalyImageWriter, open_store
-    from prn_edge.runtime.view import LiveView
+    from prn_edge.runtime.api import inspect, list_backends
 
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")
     else:
         _quiet_opencv()
     if args.list_backends:
-        for c in plan_engines(args.model, args.backend, args.precision):
+        for c in list_backends(args.model, args.backend, args.precision):
             where = c.path.name if c.path else "-"
             print(f"{c.backend:<22} {c.precision:<5} {where:<24} {'ok' if c.available else c.reason}")
         return 0
 
-    # Everything that can fail cheaply, before the output folder exists.
-    overrides = {"resize": args.resize, "roi": args.roi, "threshold": args.threshold}
-    config = (InspectConfig.from_file(args.config, **overrides) if args.config is not None
-              else InspectConfig(**{k: v for k, v in overrides.items() if v is not None}))
-    out = check_output_dir(args.out)
-    source = open_source(args.source, loop=args.loop)
-    engine = load_engine(args.model, args.backend, precision=args.precision, threads=args.threads,
-                         device=args.device)
-    view = None
-    try:
-        pipeline = Pipeline(engine, config)
-        source.open()
-        if args.view is not None:
-            view = LiveView(args.view, args.view_host)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PRNError(f"{out}: cannot create the output folder ({exc.strerror}) (--out)") from exc
-        results = out / ("results.jsonl" if args.store == "jsonl" else "results.db")
-        store = open_store(results, args.durability)
-        images = (AnomalyImageWriter(out / "anomalies", int(args.max_image_mb * 1e6))
-                  if args.max_image_mb > 0 else None)
-        backoff = Backoff(attempts=args.reconnect_attempts if args.reconnect_attempts is not None
-                          else (None if source.live else 3))
-        info = {"model": str(args.model), "engine": engine.describe(), "source": args.source,
-                "config": config.to_dict(), "threshold": pipeline.threshold}
-        loop = InspectionLoop(pipeline, source, store, images=images, max_frames=args.max_frames,
-                              backoff=backoff, info=json.loads(json.dumps(info, default=str)), opened=True)
-        if view is not None:
-            view.status = lambda: {"frames": loop.summary.frames, "drops": loop.queue.dropped,
-                                   "anomalous": loop.summary.anomalous, "reconnects": loop.summary.reconnects,
-                                   "engine": engine.name}
-            loop.on_result = lambda frame, det, lat: view.update(
-                frame.sequence, lambda: pipeline.overlay(frame.image, det))
-            print(f"{PROG}: live view on {view.url}", file=sys.stderr)
-        try:
-            with stop_on_signals(loop):
-                summary = loop.run()
-        finally:
-            store.close()
-    finally:
-        if view is not None:
-            view.close()
-        source.close()
-        engine.close()
-    print(_format_summary(summary, engine.name, out, results))
-    return EXIT_SOURCE_FAILED if summary.end.startswith("source failed") else 0
+    result = inspect(args.model, args.source, backend=args.backend, precision=args.precision,
+                     threshold=args.threshold, out=args.out, max_frames=args.max_frames, config=args.config,
+                     resize=args.resize, roi=args.roi, store=args.store, durability=args.durability,
+                     max_image_mb=args.max_image_mb, threads=args.threads, device=args.device, loop=args.loop,
+                     reconnect_attempts=args.reconnect_attempts, view=args.view, view_host=args.view_host,
+                     say=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+    print(result.summary_text(PROG))
+    return result.exit_status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,111 +1,33 @@
-"""Pick and build an :class:`~prn_edge.runtime.engine.Engine` for a model folder or file.
+"""Pick and build an :class:`~prn_edge.contract.engine.Engine` for a model folder or file.
 
-``prn-export`` writes one folder per model::
-
-    DIR/model.onnx, model.fp16.onnx, model.int8.onnx   ONNX Runtime (same I/O, precision in the graph)
-    DIR/model*.trt.onnx                                TensorRT plugin variants (not for ONNX Runtime)
-    DIR/model.<fp32|fp16|int8>.engine (+ .engine.json) TensorRT engines and their sidecars
-    DIR/checkpoint.pt                                  optional: the PyTorch and CuPy-fused engines
-    DIR/export_report.json                             its "checkpoint" is used when there is no checkpoint.pt
-
-``--model`` may also name one ``.onnx``, ``.engine`` or ``.pt`` file. With ``backend="auto"``
-the best engine that really loads here wins, in this order: TensorRT (FP16, FP32, INT8),
-ONNX Runtime on CUDA, the CuPy-fused PyTorch model, ONNX Runtime on the CPU (FP32 first:
-the INT8 model is faster on CPUs but is chosen only when asked for, since its accuracy is a
-measured trade-off in the export report), and the PyTorch reference. A forced backend that
-cannot load is an error that says why; in ``auto`` mode the reasons are collected and shown
-only if nothing loads.
+The folder's layout is :mod:`prn_edge.contract.model_folder`'s; ``--model`` may also name one
+``.onnx``, ``.engine`` or ``.pt`` file. With ``backend="auto"`` the best engine that really
+loads here wins, in this order: TensorRT (FP16, FP32, INT8), ONNX Runtime on CUDA, the
+CuPy-fused PyTorch model, ONNX Runtime on the CPU (FP32 first: the INT8 model is chosen only
+when asked for, since its accuracy is a measured trade-off in the export report), and the
+PyTorch reference. A forced backend that cannot load is an error that says why; in ``auto``
+mode the reasons are collected and shown only if nothing loads. :func:`plan_engines` lists
+every candidate with the reason it cannot run, for ``--list-backends`` and ``prn-bench``.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prn_edge.contract.engine import Engine
+from prn_edge.contract.model_folder import CHECKPOINT, PRECISIONS, ModelFiles, find_model_files
 from prn_edge.errors import PRNError, first_line
-from prn_edge.runtime.engine import Engine, OnnxRuntimeEngine, _precision_of
+from prn_edge.runtime.backends.onnxruntime import PROVIDERS
 
-__all__ = ["BACKENDS", "PRECISIONS", "Candidate", "ModelFiles", "find_model_files", "load_engine", "plan_engines"]
+__all__ = ["BACKENDS", "Candidate", "load_engine", "open_candidate", "plan_engines"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "onnxruntime-cpu",
             "cupy-fused", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
-ENGINE_SUFFIXES = (".engine", ".plan")
-CHECKPOINT_NAME = "checkpoint.pt"
-REPORT_NAME = "export_report.json"
-
-_ORT_PROVIDERS = {
-    "onnxruntime-cpu": ["CPUExecutionProvider"],
-    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    # The TensorRT provider builds its engines when the session starts (minutes): only when asked for.
-    "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """The runnable files of one model.
-
-    Attributes:
-        source: what ``--model`` named.
-        onnx: ONNX Runtime models by precision.
-        engines: TensorRT engines by precision.
-        checkpoint: ``checkpoint.pt`` (PyTorch and CuPy-fused engines), if present.
-    """
-
-    source: Path
-    onnx: dict[str, Path] = field(default_factory=dict)
-    engines: dict[str, Path] = field(default_factory=dict)
-    checkpoint: Path | None = None
-
-
-def find_model_files(model: str | os.PathLike) -> ModelFiles:
-    """The files of a model folder, or the one file ``model`` names.
-
-    Raises:
-        PRNError: nothing there, or nothing runnable in it.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir():
-        onnx = {_precision_of(p): p for p in sorted(path.glob("model*.onnx")) if ".trt." not in p.name}
-        engines = {_precision_of(p): p for p in sorted(path.iterdir()) if p.suffix in ENGINE_SUFFIXES}
-        files = ModelFiles(path, onnx, engines, _checkpoint_of(path))
-        if not (files.onnx or files.engines or files.checkpoint):
-            raise PRNError(f"{path}: no model here (expected model.onnx, model.<precision>.engine or "
-                           f"{CHECKPOINT_NAME}, as prn-export writes them) (--model)")
-        return files
-    if not path.is_file():
-        raise PRNError(f"{path}: no such model folder or file (--model)")
-    if path.suffix == ".onnx":
-        if ".trt." in path.name:
-            raise PRNError(f"{path}: a TensorRT plugin variant, which ONNX Runtime cannot run; give its "
-                           ".engine, or model.onnx (--model)")
-        return ModelFiles(path, onnx={_precision_of(path): path})
-    if path.suffix in ENGINE_SUFFIXES:
-        return ModelFiles(path, engines={_precision_of(path): path})
-    if path.suffix == ".pt":
-        return ModelFiles(path, checkpoint=path)
-    raise PRNError(f"{path}: not a model file (.onnx, .engine or .pt) (--model)")
-
-
-def _checkpoint_of(folder: Path) -> Path | None:
-    """``folder/checkpoint.pt``, else the checkpoint the export report records (if it still exists)."""
-    if (folder / CHECKPOINT_NAME).is_file():
-        return folder / CHECKPOINT_NAME
-    try:
-        recorded = json.loads((folder / REPORT_NAME).read_text()).get("checkpoint")
-    except (OSError, ValueError, AttributeError):
-        return None                       # no or unreadable report: the torch backends say "no checkpoint"
-    if not isinstance(recorded, str) or not recorded:
-        return None
-    path = Path(recorded).expanduser()
-    path = path if path.is_absolute() else folder / path
-    return path if path.is_file() else None
 
 
 @dataclass
@@ -117,16 +39,30 @@ class Candidate:
         path: the file it would load.
         precision: fp32, fp16 or int8.
         reason: why it cannot run here ("" if it may).
+        default: whether a tool that runs every backend (``prn-bench``) runs it unasked.
+        note: why it is not run unasked.
+        options: how :meth:`open` builds it (threads, device, plugin library).
     """
 
     backend: str
     path: Path | None
     precision: str
     reason: str = ""
+    default: bool = True
+    note: str = ""
+    options: dict = field(default_factory=dict, repr=False)
+
+    def open(self) -> Engine:
+        """Build this engine (:func:`open_candidate` with :attr:`options`)."""
+        return open_candidate(self, **self.options)
 
     @property
     def available(self) -> bool:
         return not self.reason
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}:{self.precision}"
 
 
 def _has_module(name: str) -> bool:
@@ -146,9 +82,12 @@ def _ort_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def plan_engines(model: str | os.PathLike | ModelFiles, backend: str = "auto",
-                 precision: str | None = None) -> list[Candidate]:
+def plan_engines(model: str | os.PathLike | ModelFiles, backend: str = "auto", precision: str | None = None, *,
+                 threads: int = 0, device: str | None = None, plugin_library=None) -> list[Candidate]:
     """Every candidate for ``backend`` (all of them for ``auto``), best first, with cheap availability checks.
+
+    ``threads``, ``device`` and ``plugin_library`` are how each candidate's :meth:`Candidate.open`
+    will build it (see :func:`load_engine`).
 
     Raises:
         PRNError: an unknown backend or precision, or an unusable ``model``.
@@ -184,12 +123,12 @@ def plan_engines(model: str | os.PathLike | ModelFiles, backend: str = "auto",
         add_files("tensorrt", files.engines, ("fp16", "fp32", "int8"), reason)
     for name in ("onnxruntime-tensorrt", "onnxruntime-cuda"):
         if (backend == name or (backend in ("auto", "onnxruntime") and name == "onnxruntime-cuda")):
-            ep = _ORT_PROVIDERS[name][0]
+            ep = PROVIDERS[name][0]
             reason = "" if ep in providers else (f"this onnxruntime has no {ep} (pip install onnxruntime-gpu)"
                                                  if providers else "onnxruntime is not installed")
             add_files(name, files.onnx, ("fp32", "fp16", "int8"), reason)
     if want("cupy-fused"):
-        reason = _fused_reason() if files.checkpoint is not None else f"no {CHECKPOINT_NAME} in {files.source}"
+        reason = _fused_reason() if files.checkpoint is not None else f"no {CHECKPOINT} in {files.source}"
         if precision not in (None, "fp32"):
             reason = reason or "the CuPy-fused engine runs the FP32 checkpoint"
         out.append(Candidate("cupy-fused", files.checkpoint, "fp32", reason))
@@ -199,10 +138,17 @@ def plan_engines(model: str | os.PathLike | ModelFiles, backend: str = "auto",
     if want("torch"):
         reason = "" if _has_module("torch") else "torch is not installed (pip install 'prn-edge[train]')"
         if files.checkpoint is None:
-            reason = f"no {CHECKPOINT_NAME} in {files.source} (the PyTorch engine runs the checkpoint)"
+            reason = (f"no {CHECKPOINT} in {files.source} (the PyTorch engine runs the checkpoint)"
+                      + (f"; {files.checkpoint_note}" if files.checkpoint_note else ""))
         elif precision not in (None, "fp32"):
             reason = reason or "the PyTorch engine runs the FP32 checkpoint"
         out.append(Candidate("torch", files.checkpoint, "fp32", reason))
+    options = {"threads": threads, "device": device, "plugin_library": plugin_library}
+    for c in out:
+        c.options = options
+        if c.backend == "onnxruntime-cpu" and c.precision == "fp16":
+            c.default, c.note = False, ("not run by default: ONNX Runtime's CPU provider has few FP16 kernels "
+                                        "(casts around most ops); ask for it with --precisions fp16")
     return out
 
 
@@ -215,19 +161,27 @@ def _fused_reason() -> str:
     return "" if ok else why
 
 
-def _build(candidate: Candidate, *, threads: int, device: str | None, plugin_library) -> Engine:
+def open_candidate(candidate: Candidate, *, threads: int = 0, device: str | None = None,
+                   plugin_library=None) -> Engine:
+    """Build the engine of one candidate (see :func:`plan_engines`).
+
+    Raises:
+        PRNError: it cannot load (the backend's one-line reason).
+    """
     name = candidate.backend
     if name == "tensorrt":
         from prn_edge.runtime.backends.tensorrt import TensorRTEngine
 
         return TensorRTEngine(candidate.path, plugin_library=plugin_library)
     if name.startswith("onnxruntime"):
-        return OnnxRuntimeEngine(candidate.path, providers=_ORT_PROVIDERS[name], threads=threads)
+        from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(candidate.path, providers=PROVIDERS[name], threads=threads)
     if name == "cupy-fused":
-        from prn_edge.runtime.torch_engine import CupyFusedEngine
+        from prn_edge.runtime.backends.cupy_fused import CupyFusedEngine
 
         return CupyFusedEngine(candidate.path, device=device or "cuda", threads=threads)
-    from prn_edge.runtime.torch_engine import TorchEngine
+    from prn_edge.runtime.backends.torch import TorchEngine
 
     if device is None:
         import torch
@@ -256,14 +210,15 @@ def load_engine(model: str | os.PathLike, backend: str = "auto", *, precision: s
         PRNError: a bad model path, backend or precision; a forced backend that cannot load
             (with the reason); or, for ``auto``, no backend at all (with every reason).
     """
-    candidates = plan_engines(model, backend, precision)
+    candidates = plan_engines(model, backend, precision, threads=threads, device=device,
+                              plugin_library=plugin_library)
     reasons = []
     for candidate in candidates:
         if not candidate.available:
             reasons.append(f"{candidate.backend}: {candidate.reason}")
             continue
         try:
-            engine = _build(candidate, threads=threads, device=device, plugin_library=plugin_library)
+            engine = candidate.open()
         except PRNError as exc:
             if backend != "auto" and len([c for c in candidates if c.available]) == 1:
                 raise

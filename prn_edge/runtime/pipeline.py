@@ -1,8 +1,11 @@
-"""One pipeline, frame -> preprocess -> :class:`Engine` -> postprocess -> :class:`Detection`.
+"""One batched pipeline: frames -> prepare -> :class:`Engine` -> regions -> decision, with stage timings.
 
-The inspection loop, the benchmarks and the tests all go through :class:`Pipeline`, so a
-score cannot differ between paths: the engine sees exactly what :func:`prepare_frame`
-produces, and the decision, the regions and the overlay come from one set of functions.
+``prn-inspect`` (one frame at a time), ``prn-bench`` (batches of camera frames), ``prn-eval``
+and ``prn-export``'s decision check (batches of dataset images already at the model's size)
+all judge through :class:`Pipeline`, so they cannot disagree: the engine sees exactly what
+:func:`~prn_edge.imaging.preprocess.prepare_frame` produces (or the dataset reader, which uses
+the same functions), and regions and decisions come from one set of functions
+(:mod:`prn_edge.runtime.postprocess`, :mod:`prn_edge.contract.decision`).
 """
 from __future__ import annotations
 
@@ -15,15 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from prn_edge.contract.decision import decide, resolve_threshold
+from prn_edge.contract.engine import DEVICE_STAGES, Engine
 from prn_edge.errors import PRNError
-from prn_edge.runtime.engine import Engine
-from prn_edge.runtime.postprocess import (
-    Region,
-    decide,
-    find_regions,
-    render_overlay,
-    resolve_threshold,
-)
+from prn_edge.runtime.postprocess import Region, find_regions, render_overlay
 from prn_edge.imaging.preprocess import (
     RESIZE_POLICIES,
     FrameGeometry,
@@ -31,7 +29,10 @@ from prn_edge.imaging.preprocess import (
     prepare_frame,
 )
 
-__all__ = ["Detection", "InspectConfig", "Pipeline"]
+__all__ = ["STAGES", "Batch", "Detection", "InspectConfig", "Pipeline"]
+
+#: Stages of :attr:`Batch.timings` (seconds): ``h2d`` and ``d2h`` only where the engine moves data to a device.
+STAGES = ("preprocess", "h2d", "compute", "d2h", "postprocess")
 
 
 @dataclass(frozen=True)
@@ -118,24 +119,55 @@ class Detection:
     latency_ms: dict[str, float] = field(default_factory=dict)
 
 
-class Pipeline:
-    """Preprocess, run and judge single frames with one engine.
+@dataclass
+class Batch:
+    """The result of one batch.
 
-    Args:
-        engine: any :class:`~prn_edge.runtime.engine.Engine`.
-        config: the :class:`InspectConfig` (default: stretch, whole frame, the model's threshold).
-
-    Raises:
-        PRNError: no threshold (uncalibrated model and none given).
+    Attributes:
+        maps: ``(B, S, S)`` anomaly maps.
+        scores: ``(B,)`` image scores.
+        threshold: the decision threshold (None: an uncalibrated scorer judged without one).
+        anomalous: ``(B,)`` bool decisions (None without a threshold).
+        regions: defect regions per frame, in frame pixels (empty lists without a pixel threshold).
+        geometries: where each map lies in its frame (None for images given at the model's size).
+        timings: seconds per stage of the whole batch (:data:`STAGES` that apply, and ``total``).
     """
 
-    def __init__(self, engine: Engine, config: InspectConfig | None = None) -> None:
+    maps: np.ndarray
+    scores: np.ndarray
+    threshold: float | None
+    anomalous: np.ndarray | None
+    regions: list[list[Region]]
+    geometries: list[FrameGeometry | None]
+    timings: dict[str, float]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Pipeline:
+    """Prepare, run and judge frames with one engine, a batch or one frame at a time.
+
+    Args:
+        engine: any :class:`~prn_edge.contract.engine.Engine`.
+        config: the :class:`InspectConfig` (default: stretch, whole frame, the model's threshold).
+        require_threshold: refuse a model without a threshold (tools that must decide); with
+            False, an uncalibrated scorer (the PatchCore baseline) is judged without decisions.
+        clock: the timer, seconds (injectable for tests).
+
+    Raises:
+        PRNError: no threshold although one is required, or a bad one.
+    """
+
+    def __init__(self, engine: Engine, config: InspectConfig | None = None, *, require_threshold: bool = True,
+                 clock=time.perf_counter) -> None:
         self.engine = engine
         self.config = config or InspectConfig()
-        self.threshold = resolve_threshold(self.config.threshold, engine.threshold)
+        self.threshold = resolve_threshold(self.config.threshold, engine.threshold, required=require_threshold)
         self.pixel_threshold = (self.threshold if self.config.pixel_threshold is None
                                 else float(self.config.pixel_threshold))
         self.size = int(engine.image_size)
+        self.clock = clock
         self._geometry: dict[tuple[int, int], FrameGeometry] = {}
 
     def geometry(self, height: int, width: int) -> FrameGeometry:
@@ -148,25 +180,82 @@ class Pipeline:
                                                  roi=self.config.roi)
         return self._geometry[key]
 
+    def prepare(self, frames, order: str = "BGR") -> tuple[np.ndarray, list[FrameGeometry]]:
+        """Camera frames (any size, BGR as OpenCV delivers them) -> the uint8 ``(B, S, S, 3)`` RGB batch.
+
+        Raises:
+            PRNError: an unusable frame, or a region of interest outside it.
+        """
+        if len(frames) == 0:
+            raise PRNError("no frames to judge")
+        batch = np.empty((len(frames), self.size, self.size, 3), np.uint8)
+        geometries = []
+        for i, frame in enumerate(frames):
+            if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
+                got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+                raise PRNError(f"a frame must be an HxW or HxWxC image array, got {got}")
+            geometries.append(self.geometry(*frame.shape[:2]))
+            batch[i] = prepare_frame(frame, self.size, policy=self.config.resize, order=order, roi=self.config.roi)
+        return batch, geometries
+
+    def judge(self, images: np.ndarray, geometries: list[FrameGeometry | None] | None = None, *,
+              timings: dict[str, float] | None = None) -> Batch:
+        """Run and judge a batch already at the model's input: uint8 ``(B, S, S, 3)`` RGB.
+
+        Args:
+            images: the batch (dataset images, or :meth:`prepare`'s output).
+            geometries: where each image lies in its frame (None: report model pixels).
+            timings: stages already timed (``preprocess``), merged into the result's.
+
+        Raises:
+            PRNError: the engine refuses the batch or returns broken outputs.
+        """
+        clock = self.clock
+        t0 = clock()
+        maps, scores = self.engine.predict(images)                            # (B, S, S), (B,)
+        t1 = clock()
+        geometries = list(geometries) if geometries is not None else [None] * len(scores)
+        if self.pixel_threshold is None:
+            regions: list[list[Region]] = [[] for _ in scores]
+        else:
+            regions = [find_regions(maps[i], self.pixel_threshold, geometries[i],
+                                    min_area=self.config.min_region_area) for i in range(len(scores))]
+        anomalous = None if self.threshold is None else decide(scores, self.threshold)
+        t2 = clock()
+        stages = dict(timings or {})
+        split = getattr(self.engine, "last_timings", None)
+        if isinstance(split, dict) and all(k in split for k in DEVICE_STAGES):
+            stages.update({k: float(split[k]) for k in DEVICE_STAGES})
+        else:
+            stages["compute"] = t1 - t0
+        stages["infer"] = t1 - t0
+        stages["postprocess"] = t2 - t1
+        stages["total"] = stages.get("preprocess", 0.0) + (t2 - t0)
+        return Batch(maps=maps, scores=scores, threshold=self.threshold, anomalous=anomalous, regions=regions,
+                     geometries=geometries, timings=stages)
+
+    def run(self, frames, order: str = "BGR") -> Batch:
+        """:meth:`prepare` then :meth:`judge` a batch of camera frames, timed per stage."""
+        t0 = self.clock()
+        images, geometries = self.prepare(frames, order)
+        return self.judge(images, geometries, timings={"preprocess": self.clock() - t0})
+
     def __call__(self, frame: np.ndarray) -> Detection:
         """Judge one BGR frame (any size, as OpenCV delivers it).
 
         Raises:
-            PRNError: an unusable frame, a region of interest outside it, or an engine failure.
+            PRNError: an unusable frame, a region of interest outside it, an engine failure, or a
+                pipeline built without a threshold.
         """
-        t0 = time.perf_counter()
-        geometry = self.geometry(*frame.shape[:2])
-        x = prepare_frame(frame, self.size, policy=self.config.resize, order="BGR", roi=self.config.roi)
-        t1 = time.perf_counter()
-        maps, scores = self.engine.predict(x[None])          # (1, S, S), (1,)
-        t2 = time.perf_counter()
-        score = float(scores[0])
-        regions = find_regions(maps[0], self.pixel_threshold, geometry, min_area=self.config.min_region_area)
-        t3 = time.perf_counter()
-        return Detection(score=score, threshold=self.threshold, anomalous=decide(score, self.threshold),
-                         regions=regions, amap=maps[0], geometry=geometry,
-                         latency_ms={"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3,
-                                     "postprocess": (t3 - t2) * 1e3})
+        if self.threshold is None:
+            raise PRNError("this pipeline has no decision threshold: build it with one to judge frames")
+        batch = self.run([frame])
+        t = batch.timings
+        return Detection(score=float(batch.scores[0]), threshold=self.threshold,
+                         anomalous=bool(batch.anomalous[0]), regions=batch.regions[0], amap=batch.maps[0],
+                         geometry=batch.geometries[0],
+                         latency_ms={"preprocess": t["preprocess"] * 1e3, "infer": t["infer"] * 1e3,
+                                     "postprocess": t["postprocess"] * 1e3})
 
     def overlay(self, frame: np.ndarray, detection: Detection) -> np.ndarray:
         """The overlay image of a frame and its detection (BGR, the frame's size)."""

@@ -1,7 +1,6 @@
-"""Post-processing shared by every engine: the decision, defect regions and the overlay.
+"""Post-processing shared by every engine: defect regions and the overlay.
 
-The engine's outputs (an anomaly map in [0, 1] and an image score) become a decision against
-the checkpoint's calibrated threshold, defect regions (connected components of the map above
+The engine's outputs (an anomaly map in [0, 1] and an image score) become defect regions (connected components of the map above
 a pixel threshold, with boxes and areas in the frame's own pixels) and, for anomalous frames,
 an overlay image. numpy + OpenCV only.
 """
@@ -15,7 +14,7 @@ import numpy as np
 from prn_edge.errors import PRNError, require
 from prn_edge.imaging.preprocess import FrameGeometry
 
-__all__ = ["Region", "decide", "find_regions", "render_overlay", "resolve_threshold"]
+__all__ = ["Region", "find_regions", "render_overlay"]
 
 
 @dataclass(frozen=True)
@@ -37,31 +36,6 @@ class Region:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def resolve_threshold(override: float | None, model_threshold: float | None) -> float:
-    """The decision threshold: ``override`` if given, else the model's calibrated one.
-
-    Raises:
-        PRNError: neither exists (an uncalibrated model and no override), or it is not finite.
-    """
-    value = override if override is not None else model_threshold
-    if value is None:
-        raise PRNError("the model has no calibrated decision threshold (trained without held-out normal "
-                       "images?): pass one with --threshold (API: threshold=)")
-    value = float(value)
-    if not np.isfinite(value):
-        raise PRNError(f"decision threshold must be a finite number, got {value}")
-    return value
-
-
-def decide(score: float, threshold: float) -> bool:
-    """Anomalous when the score is strictly above the threshold.
-
-    The threshold is calibrated as a quantile (by default the maximum) of held-out normal
-    scores, so a normal image scoring exactly the threshold must stay normal.
-    """
-    return bool(score > threshold)
 
 
 def find_regions(amap: np.ndarray, threshold: float, geometry: FrameGeometry | None = None, *,

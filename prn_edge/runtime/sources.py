@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from prn_edge.errors import PRNError, require
+from prn_edge.imaging.read import IMAGE_EXTENSIONS, list_images, read_image
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "CaptureSource",
     "Frame",
     "ImageFolderSource",
@@ -32,7 +32,6 @@ __all__ = [
     "open_source",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://")
 
 
@@ -106,6 +105,9 @@ def _cv2():
 class ImageFolderSource(Source):
     """The images of a folder (or one image file), in name order.
 
+    The folder is listed and every image read by :mod:`prn_edge.imaging.read`, the dataset
+    loader's reader: the same extensions (hidden files skipped), and the same pixels as
+    ``prn-eval`` (16-bit, grey and alpha converted alike, no EXIF rotation), as BGR frames.
     An unreadable image raises :class:`SourceError` after the position has moved past it,
     so a reconnection goes on with the next image.
 
@@ -126,11 +128,14 @@ class ImageFolderSource(Source):
         if self.path.is_file():
             self.files = [self.path]
         elif self.path.is_dir():
-            self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                self.files = list_images(self.path)
+            except PRNError as exc:   # vanished or unreadable between the check and the listing
+                raise SourceError(str(exc)) from exc
         else:
             raise SourceError(f"{self.path}: no such image folder or file")
         if not self.files:
-            raise PRNError(f"{self.path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            raise PRNError(f"{self.path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
 
     def read(self) -> Frame | None:
         if self._index >= len(self.files):
@@ -139,9 +144,10 @@ class ImageFolderSource(Source):
             self._index = 0
         path = self.files[self._index]
         self._index += 1
-        image = _cv2().imread(str(path), _cv2().IMREAD_COLOR)
-        if image is None:
-            raise SourceError(f"{path}: unreadable image")
+        try:
+            image = read_image(path, order="BGR")
+        except PRNError as exc:   # one line naming the file: missing, corrupt or unsupported
+            raise SourceError(str(exc)) from exc
         return self._frame(image)
 
 
@@ -330,7 +336,7 @@ def open_source(spec: str, *, loop: bool = False, timeout_s: float = 10.0) -> So
     if re.fullmatch(r"/dev/video\d+|\d+", spec):
         return CaptureSource(spec, "device", timeout_s=timeout_s)
     path = Path(spec).expanduser()
-    if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS):
         return ImageFolderSource(path, loop=loop)
     if path.is_file():
         return CaptureSource(str(path), "file", timeout_s=timeout_s)

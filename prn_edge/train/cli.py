@@ -1,22 +1,21 @@
 """``prn-train``: build prototypes, train PRN with synthesized anomalies, calibrate, save.
 
+A thin view of :func:`prn_edge.train.api.train`: parse the flags, set up logging, call it, print.
+
 Several GPUs (or CPU processes): the same command under ``torchrun --nproc-per-node N``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 
 from prn_edge.cli import ArgumentParser, run_cli
 from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES
+from prn_edge.train.api import CPU_DEFAULT_BATCH, CPU_DEFAULT_MINUTES, DEFAULT_CACHE, FOREGROUNDS
 
 PROG = "prn-train"
-CPU_DEFAULT_MINUTES = 10.0
-CPU_DEFAULT_BATCH = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threshold = this quantile of the held-out normal scores (default 1.0: their maximum)")
     p.add_argument("--textures", type=Path, default=None,
                    help="DTD texture folder for heterologous anomalies (default: a 'dtd' folder near --data)")
-    p.add_argument("--foreground", choices=("auto", "object", "texture"), default="auto",
+    p.add_argument("--foreground", choices=FOREGROUNDS, default="auto",
                    help="where simulated anomalies may go: object (the object found in each image), texture "
                         "(everywhere) or auto (texture for the MVTec textures and magnetic tile, else object)")
     p.add_argument("--no-ea", action="store_true", help="ablation: no extended anomalies (their share goes to SA)")
@@ -69,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the training state every MIN minutes (default 5)")
     p.add_argument("--snapshot-steps", type=str, default="", metavar="S1,S2,...",
                    help="also write OUT/snapshots/checkpoint_step<S>.pt after S steps (learning curves)")
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prn-edge" / "foreground",
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help="foreground mask cache folder (default: ~/.cache/prn-edge/foreground)")
     p.add_argument("--preview", type=int, default=None, metavar="N",
                    help="do not train: write OUT/preview.png with N synthesized samples beside their masks")
@@ -84,160 +83,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
+    from prn_edge.train.api import train
 
-    from prn_edge.config import get_config
-    from prn_edge.data.synthesis import SynthesisConfig
-    from prn_edge.errors import PRNError
-    from prn_edge.train.data import load_training_data
-    from prn_edge.train.trainer import DistInfo, TrainSettings, Trainer, paper_schedule_steps
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dist_info = DistInfo.from_env()
-    device = _device(args.device, dist_info)
-    on_gpu = device.type == "cuda"
-    batch_size = args.batch_size or (64 if on_gpu else CPU_DEFAULT_BATCH)
-    config = get_config(args.config, backbone=args.backbone, residual=args.residual, msa_layers=args.msa_layers)
-    synthesis = SynthesisConfig(use_ea=not args.no_ea, use_sa=not args.no_sa)
-    progress = None if args.quiet or not dist_info.is_main else _tqdm_wrap
-
-    if not args.data.is_dir():
-        raise PRNError(f"{args.data}: data folder does not exist")
-    # The model first: a missing backbone weight file fails before any data is read.
-    from prn_edge.model import PRN
-    from prn_edge.model.backbones import build_backbone
-
-    torch.manual_seed(args.seed)  # weight initialisation
-    model = PRN(config, backbone=build_backbone(config.backbone, args.backbone_weights))
-    _prepare_out(args.out, args.resume)
-    data = load_training_data(args.data, image_size=config.image_size, num_seen=0 if args.no_ea else args.seen,
-                              seed=args.seed, calibration_fraction=args.calibration_fraction,
-                              textures=args.textures, cache_dir=args.cache, progress=progress,
-                              kind=None if args.foreground == "auto" else args.foreground)
-
-    if args.preview is not None:
-        return _preview(args, data, synthesis)
-
-    steps, minutes = args.steps, args.minutes
-    if steps is None and minutes is None:
-        if on_gpu:
-            steps = paper_schedule_steps(len(data.normal), batch_size * dist_info.world_size)
-            budget = f"the paper schedule: {steps} steps = 700 epochs of {len(data.normal)} images at batch {batch_size}"
-        else:
-            minutes = CPU_DEFAULT_MINUTES
-            budget = (f"a reduced CPU budget of {minutes:g} minutes at batch {batch_size} (no GPU; the paper "
-                      "schedule is 700 epochs at batch 64 on a GPU; set --steps or --minutes)")
-    else:
-        budget = f"{steps} steps" if steps is not None else f"{minutes:g} minutes"
-    try:
-        snapshots = tuple(int(m) for m in args.snapshot_steps.split(",") if m.strip())
-    except ValueError:
-        raise PRNError(f"--snapshot-steps takes whole step numbers like 100,200, got {args.snapshot_steps!r}") from None
-    settings = TrainSettings(steps=steps, minutes=minutes, batch_size=batch_size, lr=args.lr,
-                             weight_decay=args.weight_decay, seed=args.seed, save_every_minutes=args.save_every,
-                             snapshot_steps=snapshots, threshold_quantile=args.threshold_quantile)
-    if dist_info.is_main:
-        logging.getLogger(PROG).info(
-            "training %s (%s) on %s: %d normal images (+%d held out for the threshold), %d seen anomalies, "
-            "%s textures; device %s x%d; budget: %s", config.preset, config.backbone, data.category.name,
-            len(data.normal), len(data.calibration), len(data.seen_names),
-            0 if data.textures is None else len(data.textures), device, dist_info.world_size, budget)
-
-    trainer = Trainer(model, data, settings, synthesis, args.out, device, dist_info, progress=not args.quiet,
-                      extra_metadata={"command": " ".join([PROG, *sys.argv[1:]]), "budget": budget})
-    started = time.perf_counter()
-    path = trainer.run(resume=args.resume)
-    if path is not None:
-        threshold = trainer.last_calibration.get("threshold")
-        print(f"{PROG}: wrote {path} after {trainer.step} steps in {(time.perf_counter() - started) / 60:.1f} min; "
-              f"final loss {trainer.history.loss[-1] if trainer.history.loss else float('nan'):.4f}; threshold "
-              f"{'none' if threshold is None else f'{threshold:.4f}'} from {len(data.calibration)} held-out normal images")
-    if dist_info.world_size > 1:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+    result = train(args.data, args.out, config=args.config, backbone=args.backbone,
+                   backbone_weights=args.backbone_weights, residual=args.residual, msa_layers=args.msa_layers,
+                   steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                   weight_decay=args.weight_decay, seed=args.seed, seen=args.seen,
+                   calibration_fraction=args.calibration_fraction, threshold_quantile=args.threshold_quantile,
+                   textures=args.textures, foreground=args.foreground, no_ea=args.no_ea, no_sa=args.no_sa,
+                   device=args.device, threads=args.threads, resume=args.resume, save_every=args.save_every,
+                   snapshot_steps=args.snapshot_steps, cache=args.cache, preview=args.preview, quiet=args.quiet,
+                   command=" ".join([PROG, *sys.argv[1:]]))
+    if result.preview is not None or result.checkpoint is not None:
+        print(result.summary_text())
     return 0
-
-
-def _device(name: str, dist_info):
-    import torch
-
-    from prn_edge.errors import PRNError
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PRNError(f"--device {name}: no CUDA GPU is available to this torch ({torch.__version__})")
-    if dist_info.world_size > 1:
-        import torch.distributed as dist
-        if name.startswith("cuda"):
-            torch.cuda.set_device(dist_info.local_rank)
-            name = f"cuda:{dist_info.local_rank}"
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if name.startswith("cuda") else "gloo")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise PRNError(f"--device {name}: not a torch device") from exc
-
-
-def _prepare_out(out: Path, resume: bool) -> None:
-    from prn_edge.errors import PRNError
-
-    if out.exists() and not out.is_dir():
-        raise PRNError(f"{out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PRNError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
-    if not os.access(out, os.W_OK):
-        raise PRNError(f"{out}: output folder is not writable")
-    if not resume and (out / "train_state.pt").exists():
-        raise PRNError(f"{out}: holds an earlier run (train_state.pt): pass --resume to continue it, "
-                       "or choose another --out")
-
-
-def _tqdm_wrap(iterable, desc: str = ""):
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _preview(args, data, synthesis) -> int:
-    import cv2
-    import torch
-
-    from prn_edge.data.synthesis import batch_composition, preview_grid
-    from prn_edge.errors import PRNError
-    from prn_edge.io import atomic_write
-    from prn_edge.train.trainer import build_synthesizer
-
-    if args.preview < 1:
-        raise PRNError("--preview N needs N >= 1")
-    size = _smallest_batch(args.preview, synthesis)
-    gen = torch.Generator().manual_seed(args.seed)
-    idx = torch.randint(len(data.normal), (size,), generator=gen)
-    batch = build_synthesizer(data, synthesis)(data.normal[idx].float() / 255.0, data.foreground[idx].float(), gen)
-    _, png = cv2.imencode(".png", cv2.cvtColor(preview_grid(batch, columns=4), cv2.COLOR_RGB2BGR))
-    path = args.out / "preview.png"
-    with atomic_write(path) as handle:
-        handle.write(png.tobytes())
-    counts = ", ".join(f"{k} {v}" for k, v in zip(("normal", "EA", "SA"), batch_composition(size, synthesis)))
-    print(f"{PROG}: wrote {path} ({size} samples: {counts})")
-    return 0
-
-
-def _smallest_batch(n: int, synthesis) -> int:
-    """The smallest batch of at least ``n`` images that holds the normal:EA:SA mix exactly."""
-    from prn_edge.data.synthesis import batch_composition
-    from prn_edge.errors import PRNError
-
-    for size in range(n, n + 1024):
-        try:
-            batch_composition(size, synthesis)
-            return size
-        except PRNError:
-            continue
-    raise PRNError(f"no batch of {n} to {n + 1023} images holds the synthesis mix exactly")
 
 
 if __name__ == "__main__":

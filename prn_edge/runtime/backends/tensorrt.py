@@ -1,4 +1,4 @@
-"""A serialized TensorRT engine behind the :class:`~prn_edge.runtime.engine.Engine` contract.
+"""The TensorRT backend: a serialized engine behind the :class:`~prn_edge.contract.engine.Engine` contract.
 
 Written against the TensorRT 10/11 Python API (name-based I/O: ``num_io_tensors``,
 ``get_tensor_name``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) and
@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 
 from prn_edge.errors import PRNError, first_line, require
-from prn_edge.runtime.engine import check_frames, check_outputs
+from prn_edge.contract.engine import Engine
 
 __all__ = ["TensorRTEngine"]
 
 MAX_BATCH = 8   # buffers for more would only be wasted on a camera loop (batch 1)
 
 
-class TensorRTEngine:
+class TensorRTEngine(Engine):
     """``model.<precision>.engine`` (with its sidecar ``.engine.json``) on the current CUDA device.
 
     Args:
@@ -115,7 +115,6 @@ class TensorRTEngine:
         self.graph_note = "" if cuda_graph else "disabled"
         self._graphs: dict[int, Any] = {}
         self._events = [cp.cuda.Event() for _ in range(4)]   # before H2D, after H2D, after compute, after D2H
-        self.last_timings: dict[str, float] = {}             # seconds of the last predict, per device stage
         self._shape_batch: int | None = None
         self.name = f"tensorrt:{self.precision}"
 
@@ -149,9 +148,8 @@ class TensorRTEngine:
             self.cuda_graph = False
             self.graph_note = f"not capturable: {first_line(exc)}"
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """See :meth:`Engine.predict`; batches above the preallocated size run in chunks."""
-        images = check_frames(images, self.image_size)
+    def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Batches above the preallocated size run in chunks; device stages timed with CUDA events."""
         if self.static_batch is not None and images.shape[0] != self.static_batch:
             raise PRNError(f"{self.path}: this engine takes exactly {self.static_batch} frames per call")
         maps, scores = [], []
@@ -177,18 +175,14 @@ class TensorRTEngine:
             timings["d2h"] += elapsed(compute_ev, d2h_ev) / 1e3
             maps.append(host_map[:b, 0].astype(np.float32))     # copies: the pinned buffers are reused
             scores.append(host_score[:b].astype(np.float32))
-        self.last_timings = timings
-        return check_outputs(self.name, np.concatenate(maps), np.concatenate(scores),
-                             images.shape[0], self.image_size)
+        self._record_device_timings(**timings)
+        return np.concatenate(maps), np.concatenate(scores)
 
-    def describe(self) -> dict[str, Any]:
-        """See :meth:`Engine.describe`."""
-        return {"backend": self.backend, "name": self.name, "precision": self.precision, "model": str(self.path),
-                "image_size": self.image_size, "threshold": self.threshold, "max_batch": self.max_batch,
-                "cuda_graph": self.cuda_graph, "cuda_graph_note": self.graph_note,
+    def _describe(self) -> dict[str, Any]:
+        return {"max_batch": self.max_batch, "cuda_graph": self.cuda_graph, "cuda_graph_note": self.graph_note,
                 "plugin_library": None if self.plugin_library is None else str(self.plugin_library),
-                "gpu_name": self.metadata.get("gpu_name"), "device": self.device, "tensorrt_version": self.metadata.get("tensorrt_version"),
-                "checkpoint_sha256": self.metadata.get("checkpoint_sha256")}
+                "gpu_name": self.metadata.get("gpu_name"), "device": self.device,
+                "tensorrt_version": self.metadata.get("tensorrt_version")}
 
     def close(self) -> None:
         """Free the graphs, the context, the engine and the buffers."""
@@ -197,9 +191,6 @@ class TensorRTEngine:
         self._graphs.clear()
         self.context = self.engine = None
         self._device, self._host = {}, {}
-
-    def __repr__(self) -> str:
-        return f"TensorRTEngine({str(self.path)!r}, name={self.name!r})"
 
 
 def _pinned(cp, shape, dtype) -> np.ndarray:

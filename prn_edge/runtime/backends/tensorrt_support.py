@@ -16,19 +16,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from prn_edge.contract.model_folder import ModelFolder
 from prn_edge.errors import PRNError, first_line
+
 
 PLUGIN_LIBRARY_ENV = "PRN_EDGE_PLUGIN_LIB"
 PLUGIN_LIBRARY_NAME = "libprn_edge_plugins.so"
 SIDECAR_FORMAT = "prn-edge-engine"
 SIDECAR_KEYS = ("format", "tensorrt_version", "gpu_name", "compute_capability", "precision",
                 "checkpoint_sha256", "plugin_library", "input_size", "threshold", "onnx", "built_at")
-
-
-def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    """``model.fp16.engine`` -> ``model.fp16.engine.json``."""
-    path = Path(engine_path)
-    return path.with_name(path.name + ".json")
 
 
 def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -105,7 +101,7 @@ def write_sidecar(engine_path: str | os.PathLike, info: dict[str, Any]) -> Path:
     missing = [k for k in SIDECAR_KEYS if k not in record]
     if missing:
         raise PRNError(f"engine sidecar is missing {', '.join(missing)}")
-    path = sidecar_path(engine_path)
+    path = ModelFolder.sidecar(engine_path)
     write_json_atomic(path, record)
     return path
 
@@ -116,7 +112,7 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         PRNError: missing, unreadable, or not a PRN Edge sidecar.
     """
-    path = sidecar_path(engine_path)
+    path = ModelFolder.sidecar(engine_path)
     if not path.is_file():
         raise PRNError(f"{engine_path}: no sidecar {path.name} beside it; engines are built by "
                        "prn-export --engine, which writes one")

@@ -1,0 +1,10 @@
+"""The backends: one module each, every one an :class:`~prn_edge.contract.engine.Engine`.
+
+* :mod:`.onnxruntime`: exported ONNX files in ONNX Runtime (CPU, CUDA, TensorRT providers);
+* :mod:`.tensorrt`: serialized TensorRT engines (+ :mod:`.tensorrt_support`: plugin library, sidecar);
+* :mod:`.torch`: the PyTorch PRN, the reference;
+* :mod:`.cupy_fused`: the PyTorch PRN with the fused CUDA kernels.
+
+Nothing is imported here: each module imports its own dependency when an engine is built,
+and :func:`prn_edge.runtime.loader.load_engine` picks one.
+"""

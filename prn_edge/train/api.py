@@ -1,0 +1,290 @@
+"""Training as a function: :func:`train` does what ``prn-train`` does, without argv.
+
+``prn-train`` (:mod:`prn_edge.train.cli`) parses its flags, sets up logging and calls
+:func:`train` with keyword arguments of the same names and defaults; the demo and the
+benchmark scripts call it directly::
+
+    from prn_edge.api import train
+    result = train("../shared/data/mvtec_ad/bottle", "runs/bottle", config="edge", steps=360)
+    result.checkpoint          # runs/bottle/checkpoint.pt
+
+torch is imported when :func:`train` runs, not when this module is imported.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prn_edge.errors import PRNError
+
+__all__ = ["CPU_DEFAULT_BATCH", "CPU_DEFAULT_MINUTES", "DEFAULT_CACHE", "FOREGROUNDS", "TrainResult", "train"]
+
+PROG = "prn-train"                 # the logger's name and the command recorded in the checkpoint
+CPU_DEFAULT_MINUTES = 10.0
+CPU_DEFAULT_BATCH = 8
+DEFAULT_CACHE = Path.home() / ".cache" / "prn-edge" / "foreground"
+FOREGROUNDS = ("auto", "object", "texture")
+
+log = logging.getLogger(PROG)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        out: the output folder.
+        checkpoint: ``OUT/checkpoint.pt`` (None for a preview, and on the non-main processes of a
+            distributed run).
+        preview: ``OUT/preview.png`` when ``preview`` was asked for, else None.
+        preview_counts: normal / EA / SA samples in the preview.
+        steps: optimiser steps done (the total, a resumed run included).
+        seconds: wall clock of this call's training loop.
+        final_loss: the last step's loss (None: no step was taken).
+        threshold: the calibrated decision threshold (None: not calibrated).
+        calibration_images: held-out normal images the threshold came from.
+        budget: the training budget, in words.
+    """
+
+    out: Path
+    checkpoint: Path | None = None
+    preview: Path | None = None
+    preview_counts: dict[str, int] | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    final_loss: float | None = None
+    threshold: float | None = None
+    calibration_images: int = 0
+    budget: str = ""
+
+    def summary_text(self) -> str:
+        """The line ``prn-train`` prints at the end."""
+        if self.preview is not None:
+            counts = ", ".join(f"{k} {v}" for k, v in (self.preview_counts or {}).items())
+            return f"{PROG}: wrote {self.preview} ({sum((self.preview_counts or {}).values())} samples: {counts})"
+        if self.checkpoint is None:
+            return f"{PROG}: done (not the main process: nothing written here)"
+        loss = float("nan") if self.final_loss is None else self.final_loss
+        threshold = "none" if self.threshold is None else f"{self.threshold:.4f}"
+        return (f"{PROG}: wrote {self.checkpoint} after {self.steps} steps in {self.seconds / 60:.1f} min; "
+                f"final loss {loss:.4f}; threshold {threshold} from {self.calibration_images} held-out normal images")
+
+
+def _snapshot_steps(value: str | Iterable[int] | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            return tuple(int(m) for m in value.split(",") if m.strip())
+        except ValueError:
+            raise PRNError(f"--snapshot-steps takes whole step numbers like 100,200, got {value!r}") from None
+    try:
+        return tuple(int(m) for m in value)
+    except (TypeError, ValueError):
+        raise PRNError(f"--snapshot-steps takes whole step numbers like 100,200, got {value!r}") from None
+
+
+def _check_choice(flag: str, value, choices) -> None:
+    if value is not None and value not in choices:
+        raise PRNError(f"{flag} {value!r}: choose from {', '.join(map(str, choices))}")
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "paper", backbone: str | None = None,
+          backbone_weights: str | os.PathLike | None = None, residual: str | None = None,
+          msa_layers: int | None = None, steps: int | None = None, minutes: float | None = None,
+          batch_size: int | None = None, lr: float = 1e-4, weight_decay: float = 1e-2, seed: int = 0,
+          seen: int = 10, calibration_fraction: float = 0.1, threshold_quantile: float = 1.0,
+          textures: str | os.PathLike | None = None, foreground: str = "auto", no_ea: bool = False,
+          no_sa: bool = False, device: str = "auto", threads: int | None = None, resume: bool = False,
+          save_every: float = 5.0, snapshot_steps: str | Iterable[int] | None = "",
+          cache: str | os.PathLike = DEFAULT_CACHE, preview: int | None = None, quiet: bool = False,
+          command: str | None = None) -> TrainResult:
+    """Train PRN on one MVTec-layout category and write ``OUT/checkpoint.pt`` (``prn-train``).
+
+    k-means prototypes from the normal training images, then Adam on batches of normal images
+    mixed with synthesized anomalies; a share of the normal images is held out to calibrate the
+    threshold. The arguments are ``prn-train``'s flags (see ``prn-train --help``), with the same
+    defaults; ``snapshot_steps`` also takes a sequence of ints, ``command`` is what the checkpoint
+    records as the command that made it (default: this call). Progress goes to the ``prn-train``
+    logger (INFO) and, unless ``quiet``, to tqdm bars on stderr.
+
+    With no budget (``steps`` and ``minutes`` both None): the paper schedule (700 epochs) on a
+    GPU, :data:`CPU_DEFAULT_MINUTES` at batch :data:`CPU_DEFAULT_BATCH` on a CPU. Under
+    ``torchrun`` the call is one process of a distributed run (its process group is set up and
+    torn down here).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        PRNError: bad arguments, data, backbone weights or output folder (one-line messages),
+            or a run that cannot go on (a non-finite loss, an interruption: state saved).
+    """
+    from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES
+
+    _check_choice("--config", config, sorted(PRESETS))
+    _check_choice("--backbone", backbone, BACKBONE_NAMES)
+    _check_choice("--residual", residual, RESIDUAL_MODES)
+    _check_choice("--foreground", foreground, FOREGROUNDS)
+    if steps is not None and minutes is not None:
+        raise PRNError("give one training budget, --steps N or --minutes M, not both")
+    if preview is not None and preview < 1:
+        raise PRNError("--preview N needs N >= 1")
+    snapshots = _snapshot_steps(snapshot_steps)
+    data, out = Path(data), Path(out)
+    cache = Path(cache)
+    backbone_weights = None if backbone_weights is None else Path(backbone_weights)
+    textures = None if textures is None else Path(textures)
+
+    import torch
+
+    from prn_edge.config import get_config
+    from prn_edge.data.synthesis import SynthesisConfig
+    from prn_edge.train.data import load_training_data
+    from prn_edge.train.trainer import DistInfo, Trainer, TrainSettings, paper_schedule_steps
+
+    if threads:
+        torch.set_num_threads(threads)
+    dist_info = DistInfo.from_env()
+    dev = _device(device, dist_info)
+    on_gpu = dev.type == "cuda"
+    batch_size = batch_size or (64 if on_gpu else CPU_DEFAULT_BATCH)
+    model_config = get_config(config, backbone=backbone, residual=residual, msa_layers=msa_layers)
+    synthesis = SynthesisConfig(use_ea=not no_ea, use_sa=not no_sa)
+    progress = None if quiet or not dist_info.is_main else _tqdm_wrap
+
+    if not data.is_dir():
+        raise PRNError(f"{data}: data folder does not exist")
+    # The model first: a missing backbone weight file fails before any data is read.
+    from prn_edge.model import PRN
+    from prn_edge.model.backbones import build_backbone
+
+    torch.manual_seed(seed)  # weight initialisation
+    model = PRN(model_config, backbone=build_backbone(model_config.backbone, backbone_weights))
+    _prepare_out(out, resume)
+    training_data = load_training_data(data, image_size=model_config.image_size, num_seen=0 if no_ea else seen,
+                                       seed=seed, calibration_fraction=calibration_fraction, textures=textures,
+                                       cache_dir=cache, progress=progress,
+                                       kind=None if foreground == "auto" else foreground)
+
+    if preview is not None:
+        return _preview(out, preview, seed, training_data, synthesis)
+
+    if steps is None and minutes is None:
+        if on_gpu:
+            steps = paper_schedule_steps(len(training_data.normal), batch_size * dist_info.world_size)
+            budget = (f"the paper schedule: {steps} steps = 700 epochs of {len(training_data.normal)} images "
+                      f"at batch {batch_size}")
+        else:
+            minutes = CPU_DEFAULT_MINUTES
+            budget = (f"a reduced CPU budget of {minutes:g} minutes at batch {batch_size} (no GPU; the paper "
+                      "schedule is 700 epochs at batch 64 on a GPU; set --steps or --minutes)")
+    else:
+        budget = f"{steps} steps" if steps is not None else f"{minutes:g} minutes"
+    settings = TrainSettings(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, seed=seed, save_every_minutes=save_every,
+                             snapshot_steps=snapshots, threshold_quantile=threshold_quantile)
+    if dist_info.is_main:
+        log.info("training %s (%s) on %s: %d normal images (+%d held out for the threshold), %d seen anomalies, "
+                 "%s textures; device %s x%d; budget: %s", model_config.preset, model_config.backbone,
+                 training_data.category.name, len(training_data.normal), len(training_data.calibration),
+                 len(training_data.seen_names),
+                 0 if training_data.textures is None else len(training_data.textures), dev,
+                 dist_info.world_size, budget)
+
+    if command is None:
+        command = f"prn_edge.api.train(data={str(data)!r}, out={str(out)!r}, config={config!r}, ...)"
+    trainer = Trainer(model, training_data, settings, synthesis, out, dev, dist_info, progress=not quiet,
+                      extra_metadata={"command": command, "budget": budget})
+    started = time.perf_counter()
+    try:
+        path = trainer.run(resume=resume)
+    finally:
+        if dist_info.world_size > 1:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    loss = trainer.history.loss[-1] if trainer.history.loss else None
+    threshold = trainer.last_calibration.get("threshold")
+    return TrainResult(out=out, checkpoint=path, steps=trainer.step, seconds=time.perf_counter() - started,
+                       final_loss=None if loss is None or not math.isfinite(loss) else float(loss),
+                       threshold=None if threshold is None else float(threshold),
+                       calibration_images=len(training_data.calibration), budget=budget)
+
+
+def _device(name: str, dist_info):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PRNError(f"--device {name}: no CUDA GPU is available to this torch ({torch.__version__})")
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+        if name.startswith("cuda"):
+            torch.cuda.set_device(dist_info.local_rank)
+            name = f"cuda:{dist_info.local_rank}"
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if name.startswith("cuda") else "gloo")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise PRNError(f"--device {name}: not a torch device") from exc
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PRNError(f"{out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PRNError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
+    if not os.access(out, os.W_OK):
+        raise PRNError(f"{out}: output folder is not writable")
+    if not resume and (out / "train_state.pt").exists():
+        raise PRNError(f"{out}: holds an earlier run (train_state.pt): pass --resume to continue it, "
+                       "or choose another --out")
+
+
+def _tqdm_wrap(iterable, desc: str = ""):
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _preview(out: Path, n: int, seed: int, data, synthesis) -> TrainResult:
+    import cv2
+    import torch
+
+    from prn_edge.data.synthesis import batch_composition, preview_grid
+    from prn_edge.io import atomic_write
+    from prn_edge.train.trainer import build_synthesizer
+
+    size = _smallest_batch(n, synthesis)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(data.normal), (size,), generator=gen)
+    batch = build_synthesizer(data, synthesis)(data.normal[idx].float() / 255.0, data.foreground[idx].float(), gen)
+    _, png = cv2.imencode(".png", cv2.cvtColor(preview_grid(batch, columns=4), cv2.COLOR_RGB2BGR))
+    path = out / "preview.png"
+    with atomic_write(path) as handle:
+        handle.write(png.tobytes())
+    counts: dict[str, Any] = dict(zip(("normal", "EA", "SA"), batch_composition(size, synthesis)))
+    return TrainResult(out=out, preview=path, preview_counts=counts, calibration_images=len(data.calibration))
+
+
+def _smallest_batch(n: int, synthesis) -> int:
+    """The smallest batch of at least ``n`` images that holds the normal:EA:SA mix exactly."""
+    from prn_edge.data.synthesis import batch_composition
+
+    for size in range(n, n + 1024):
+        try:
+            batch_composition(size, synthesis)
+            return size
+        except PRNError:
+            continue
+    raise PRNError(f"no batch of {n} to {n + 1023} images holds the synthesis mix exactly")
