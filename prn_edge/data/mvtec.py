@@ -25,7 +25,7 @@ import numpy as np
 
 from prn_edge.errors import DataError, PRNError
 from prn_edge.imaging.preprocess import resize_image
-from prn_edge.imaging.read import IMAGE_EXTENSIONS, is_image, list_images, read_image, read_mask
+from prn_edge.imaging.read import IMAGE_EXTENSIONS, list_images, read_image, read_mask
 
 __all__ = [
     "IMAGE_EXTENSIONS",
