@@ -1,5 +1,7 @@
 """Model size table: ``python benchmarks/model_size.py`` -> benchmarks/results/model_size.{md,json}.
 
+``make results-model-size`` runs it. Needs no data and no earlier result.
+
 Runs the summary of ``python -m prn_edge.model`` for both presets and both backbones and
 records stage shapes, parameters, GFLOPs per image at 256x256 and the prototype bank size.
 """
@@ -18,6 +20,10 @@ from prn_edge.io import write_json_atomic, write_text_atomic
 from prn_edge.model import PRN
 from prn_edge.model.backbones import build_backbone
 from prn_edge.model.summary import summarize
+from prn_edge.provenance import provenance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import provenance_line  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -28,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    origin = provenance()
     rows, records = [], []
     for preset, backbone in itertools.product(("paper", "edge"), ("resnet18", "efficientnet_lite0")):
         model = PRN(get_config(preset, backbone=backbone), backbone=build_backbone(backbone, weights="none"))
@@ -63,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         "mirrors the encoder's widths (64/128/256 channels at scales 1/2/3) and runs its last block at 32 "
         "channels, hence fewer decoder GFLOPs than the spec's estimate.",
         "",
+        provenance_line(origin),
+        "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "model_size.md", "\n".join(lines))
-    write_json_atomic(args.out / "model_size.json", {"k": args.k, "python": sys.version.split()[0], "rows": records})
+    write_json_atomic(args.out / "model_size.json", {"k": args.k, "python": sys.version.split()[0], "rows": records,
+                                                      "provenance": origin})
     print(f"wrote {args.out / 'model_size.md'}")
     return 0
 

@@ -37,7 +37,8 @@ from prn_edge.eval.evaluate import (  # noqa: E402
     seen_anomalies_from,
     select_samples,
 )
-from prn_edge.eval.predictors import Predictor, TorchPRNPredictor  # noqa: E402
+from prn_edge.contract.engine import Engine  # noqa: E402
+from prn_edge.runtime.backends.torch import TorchEngine  # noqa: E402
 from prn_edge.eval.report import REPORT_FILES, write_report  # noqa: E402
 from prn_edge.model import PRN  # noqa: E402
 from prn_edge.model.backbones import build_backbone  # noqa: E402
@@ -135,13 +136,13 @@ def test_cli_report_md_and_figures(cli_run):
         assert image is not None and image.ndim == 3 and min(image.shape[:2]) > 100, name
 
 
-# --------------------------------------------------------------------------- predictors
+# --------------------------------------------------------------------------- engines
 
-def test_torch_predictor_matches_the_model():
+def test_torch_engine_matches_the_model():
     # 128x128 keeps this cheap; the conversion under test does not depend on the size.
     model = tiny_prn(image_size=128, decoder_resolution=32)
-    predictor = TorchPRNPredictor(model)
-    assert isinstance(predictor, Predictor) and predictor.image_size == 128
+    predictor = TorchEngine(model)
+    assert isinstance(predictor, Engine) and predictor.image_size == 128
     images = np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
     model.train()  # the predictor must score in eval mode regardless
     maps, scores = predictor.predict(images)
@@ -155,13 +156,13 @@ def test_torch_predictor_matches_the_model():
     with pytest.raises(PRNError, match="uint8"):
         predictor.predict(images.astype(np.float32))
     with pytest.raises(PRNError, match="unknown device"):
-        TorchPRNPredictor(model, device="warp-drive")
+        TorchEngine(model, device="warp-drive")
     if not torch.cuda.is_available():
         with pytest.raises(PRNError, match="no usable CUDA"):
-            TorchPRNPredictor(model, device="cuda")
+            TorchEngine(model, device="cuda")
 
 
-class OraclePredictor:
+class OraclePredictor(Engine):
     """Maps = ground-truth masks, scores = labels: a perfect scorer, found by image content.
 
     Looking samples up by their pixels (not by call order) also checks that :func:`evaluate`
@@ -178,7 +179,7 @@ class OraclePredictor:
             self.truth[hashlib.sha1(image.tobytes()).hexdigest()] = (mask, sample.label)
         self.seen: list[str] = []
 
-    def predict(self, images):
+    def _predict(self, images):
         found = [self.truth[hashlib.sha1(image.tobytes()).hexdigest()] for image in images]
         maps = np.stack([mask for mask, _ in found]).astype(np.float32)
         scores = np.array([label for _, label in found], dtype=np.float32)
@@ -201,14 +202,14 @@ def test_oracle_scores_one_on_every_metric(bottle):
     assert result.images_per_second == pytest.approx(7 / sum(result.batch_seconds[1:]))
 
 
-class BrokenPredictor:
+class BrokenPredictor(Engine):
     name = "broken"
     image_size = 256
 
     def __init__(self, bad: str):
         self.bad = bad
 
-    def predict(self, images):
+    def _predict(self, images):
         b = len(images)
         if self.bad == "shape":
             return np.zeros((b, 1, 256, 256), np.float32), np.zeros(b, np.float32)
@@ -322,7 +323,7 @@ def test_cli_help():
 def test_evaluation_modules_import_without_torch():
     # ONNX / TensorRT backends will be evaluated where torch is not installed.
     proc = run_blocked("""
-        import prn_edge.eval.evaluate, prn_edge.eval.predictors, prn_edge.eval.report
+        import prn_edge.eval.evaluate, prn_edge.eval.report
         from prn_edge.eval.cli import main
         try:
             main(["--help"])

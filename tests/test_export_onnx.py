@@ -75,7 +75,7 @@ def session(path) -> ort.InferenceSession:
 
 
 def to_tensor(images: np.ndarray):
-    """uint8 NHWC -> float NCHW in [0, 1], exactly as TorchPRNPredictor does."""
+    """uint8 NHWC -> float NCHW in [0, 1], exactly as the PyTorch engine does."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
 
 

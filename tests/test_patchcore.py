@@ -50,7 +50,7 @@ def test_nearest_neighbor_identical_vectors_are_zero_not_nan():
     assert dist.max() < 0.05
 
 
-def test_nearest_neighbours_ties_take_the_lowest_index_and_chunks_do_not_change_results():
+def test_nearest_neighbours_ties_take_the_lowest_index_in_every_chunking():
     g = torch.Generator().manual_seed(2)
     bank = torch.randn(40, 16, generator=g)
     bank = torch.cat([bank, bank])  # entry i and i + 40 are identical: a tie for every query
@@ -59,7 +59,9 @@ def test_nearest_neighbours_ties_take_the_lowest_index_and_chunks_do_not_change_
     assert (index < 40).all()
     for chunk in (1, 7, 500):
         d, i = nearest_neighbours(queries, bank, chunk=chunk)
-        assert torch.equal(d, dist) and torch.equal(i, index)
+        # The block's row count may change the GEMM's rounding (a 1-row block is a GEMV), not more.
+        assert torch.equal(i, index)
+        torch.testing.assert_close(d, dist, rtol=1e-6, atol=1e-6)
     sq, i = nearest_neighbours(queries, bank, squared=True, query_sqnorm=queries.pow(2).sum(dim=1))
     assert torch.equal(i, index) and torch.equal(sq.sqrt(), dist)
 

@@ -253,7 +253,7 @@ def run_benchmark(engines: Sequence[tuple[str, Callable[[], Any]]], settings: Be
 
     Args:
         engines: ``(key, open)`` pairs: ``key`` is ``backend:precision`` (unique), ``open()``
-            returns an :class:`~prn_edge.runtime.engine.Engine` (loaded here, one at a time,
+            returns an :class:`~prn_edge.contract.engine.Engine` (loaded here, one at a time,
             so that its memory can be attributed).
         settings: durations and batch sizes (default :class:`BenchSettings`).
         progress: called with one line per phase (default: silent).

@@ -2,11 +2,15 @@
 
 1. data: an MVTec-layout category from scikit-image's bundled CC0 brick photo, with drawn test
    defects (:mod:`prn_edge.demo.data`);
-2. train: ``prn-train`` (edge preset) on it, about two minutes on two CPU cores;
-3. evaluate: ``prn-eval`` on its test split (the seen anomalies left out);
-4. export: ``prn-export --int8`` (FP32 and INT8 ONNX, with its accuracy report);
-5. inspect: ``prn-inspect`` over a video made of the test images;
-6. bench: ``prn-bench`` on every backend available here.
+2. train: what ``prn-train`` does (edge preset) on it, about two minutes on two CPU cores;
+3. evaluate: what ``prn-eval`` does, on its test split (the seen anomalies left out);
+4. export: what ``prn-export --int8`` does (FP32 and INT8 ONNX, with its accuracy report);
+5. inspect: what ``prn-inspect`` does, over a video made of the test images;
+6. bench: what ``prn-bench`` does, on every backend available here.
+
+Each step is one call of the tool's Python API (:mod:`prn_edge.train.api`, :mod:`prn_edge.eval.api`,
+:mod:`prn_edge.export.api`, :mod:`prn_edge.runtime.api`, :mod:`prn_edge.bench.api`; together
+:mod:`prn_edge.api`), in this process, with no argv in between.
 
 Everything goes under one folder (default ``~/.cache/prn-edge/demo``, or ``$PRN_EDGE_DEMO``, or
 ``--root``); ``prn-bench`` with no arguments then benchmarks ``ROOT/model``. A step whose inputs
@@ -44,7 +48,7 @@ STEP_NAMES = ("data", "train", "eval", "export", "inspect", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prn_edge.bench.cli import DEMO_ROOT
+    from prn_edge.bench.api import DEMO_ROOT
 
     p = ArgumentParser(
         prog=PROG,
@@ -126,26 +130,22 @@ def _sha256(path: Path) -> str:
     return file_sha256(path)
 
 
-def _reset_logging() -> None:
-    """Undo the logging set-up of the previous command: each CLI configures its own when run alone
-    (prn-train's INFO level would otherwise show every library's INFO lines in the later steps)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-
-
-def _check(code: int, what: str) -> None:
-    _reset_logging()
-    if code != 0:
-        raise PRNError(f"the {what} step failed (exit status {code}; its message is above)")
+def _show_training_log() -> None:
+    """Training's progress lines (prototypes, resumption, calibration) as the demo's own indented lines."""
+    logger = logging.getLogger("prn_edge.train")
+    if not any(getattr(h, "_prn_demo", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        handler._prn_demo = True   # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 # --------------------------------------------------------------------------------------
-# The steps
+# The steps: each one call of the tool's Python API (prn_edge.<tool>.api)
 # --------------------------------------------------------------------------------------
 def _train(root: Path, data_dir: Path, args, steps: Steps) -> Path:
-    from prn_edge.train.cli import main as train_main
+    from prn_edge.train.api import train
 
     out = root / "train"
     ckpt = out / "checkpoint.pt"
@@ -158,22 +158,21 @@ def _train(root: Path, data_dir: Path, args, steps: Steps) -> Path:
     if not resume and out.exists():
         shutil.rmtree(out)
     steps.mark("train-started", key)
-    argv = ["--data", str(data_dir), "--textures", str(root / "data" / "textures"), "--out", str(out),
-            "--config", "edge", "--steps", str(args.steps), "--batch-size", str(BATCH_SIZE), "--seen", str(SEEN),
-            "--calibration-fraction", str(CALIBRATION_FRACTION), "--foreground", FOREGROUND,
-            "--cache", str(root / "cache" / "foreground"), "--seed", "0"]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    if resume:
-        argv.append("--resume")
-    _say("prn-train " + " ".join(argv))
-    _check(train_main(argv), "training")
+    _say(f"train(config='edge', steps={args.steps}, batch_size={BATCH_SIZE}, seen={SEEN}, "
+         f"foreground={FOREGROUND!r}{', resume=True' if resume else ''}) -> {out}")
+    _show_training_log()
+    result = train(data_dir, out, config="edge", steps=args.steps, batch_size=BATCH_SIZE, seen=SEEN,
+                   calibration_fraction=CALIBRATION_FRACTION, foreground=FOREGROUND,
+                   textures=root / "data" / "textures", cache=root / "cache" / "foreground", seed=0,
+                   threads=args.threads or None, resume=resume,
+                   command=f"{PROG} --root {root} --steps {args.steps} (step 2: train)")
+    _say(result.summary_text())
     steps.mark("train", key)
     return ckpt
 
 
 def _evaluate(root: Path, data_dir: Path, ckpt: Path, steps: Steps) -> dict | None:
-    from prn_edge.eval.cli import main as eval_main
+    from prn_edge.eval.api import evaluate_checkpoint
 
     out = root / "eval"
     key = Steps.key("eval", _sha256(ckpt))
@@ -182,7 +181,9 @@ def _evaluate(root: Path, data_dir: Path, ckpt: Path, steps: Steps) -> dict | No
     else:
         if out.exists():
             shutil.rmtree(out)
-        _check(eval_main(["--checkpoint", str(ckpt), "--data", str(data_dir), "--out", str(out)]), "evaluation")
+        result = evaluate_checkpoint(checkpoint=ckpt, data=data_dir, out=out,
+                                     warn=lambda note: _say(f"warning: {note}"))
+        print(result.summary_text(), flush=True)
         steps.mark("eval", key)
     return json.loads((out / "metrics.json").read_text())
 
@@ -190,7 +191,7 @@ def _evaluate(root: Path, data_dir: Path, ckpt: Path, steps: Steps) -> dict | No
 def _onnx_checkpoint_sha(path: Path) -> str | None:
     """The checkpoint hash recorded in an exported ONNX file's metadata (None if unreadable)."""
     try:
-        from prn_edge.runtime.engine import OnnxRuntimeEngine
+        from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
 
         engine = OnnxRuntimeEngine(path, threads=1)
     except PRNError:
@@ -201,6 +202,8 @@ def _onnx_checkpoint_sha(path: Path) -> str | None:
 
 
 def _export(root: Path, ckpt: Path, args, steps: Steps) -> Path:
+    from prn_edge.export.api import EXIT_INT8_GATE, export
+
     out = root / "model"
     sha = _sha256(ckpt)
     key = Steps.key("export", sha, args.int8_tolerance)
@@ -209,20 +212,14 @@ def _export(root: Path, ckpt: Path, args, steps: Steps) -> Path:
         return out
     if out.exists():
         shutil.rmtree(out)
-    from prn_edge.export.cli import main as export_main
-
-    argv = ["--int8", "--tolerance", f"{args.int8_tolerance:g}", "--out", str(out), "--latency-rounds", "5",
-            str(ckpt)]
-    if args.threads:
-        argv[-1:-1] = ["--threads", str(args.threads)]
-    _say("prn-export " + " ".join(argv))
-    code = export_main(argv)
-    _reset_logging()
-    if code == 1:   # prn-export's "INT8 accuracy gate failed": everything else is written
+    _say(f"export(int8=True, tolerance={args.int8_tolerance:g}, latency_rounds=5) -> {out}")
+    result = export(ckpt, out=out, int8=True, tolerance=args.int8_tolerance, latency_rounds=5,
+                    threads=args.threads or 2,   # 2: prn-export's default
+                    command=f"{PROG} (step 4: export)", say=lambda line: _say(f"export: {line}"))
+    print(result.summary_text(), flush=True)
+    if result.status == EXIT_INT8_GATE:   # everything else is written
         _say("the INT8 model missed prn-export's accuracy gate and was left out (see "
              f"{out / 'export_report.md'}); FP32 is exported")
-    else:
-        _check(code, "export")
     steps.mark("export", key)
     return out
 
@@ -259,7 +256,7 @@ def make_video(data_dir: Path, path: Path, *, size: int = 512, fps: int = VIDEO_
 
 
 def _inspect(root: Path, data_dir: Path, model_dir: Path, args, steps: Steps) -> None:
-    from prn_edge.runtime.cli import main as inspect_main
+    from prn_edge.runtime.api import inspect
 
     video = root / "video" / "demo.avi"
     if not video.is_file():
@@ -272,18 +269,18 @@ def _inspect(root: Path, data_dir: Path, model_dir: Path, args, steps: Steps) ->
         _say(f"done before: {out}")
         return
     if out.exists():
-        shutil.rmtree(out)   # results accumulate across prn-inspect runs: start clean for a new model
-    argv = ["--model", str(model_dir), "--source", str(video), "--out", str(out), "--backend", "onnxruntime-cpu"]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    _say("prn-inspect " + " ".join(argv))
-    _check(inspect_main(argv), "inspection")
+        shutil.rmtree(out)   # results accumulate across runs: start clean for a new model
+    _say(f"inspect({model_dir}, {video}, backend='onnxruntime-cpu') -> {out}")
+    result = inspect(model_dir, str(video), out=out, backend="onnxruntime-cpu", threads=args.threads)
+    print(result.summary_text(), flush=True)
+    if result.exit_status != 0:
+        raise PRNError(f"the inspection step failed: the video source failed ({result.summary.end})")
     steps.mark("inspect", key)
 
 
 def _bench(model_dir: Path, ckpt: Path, args, steps: Steps) -> Path:
-    """prn-bench on the exported model; its report goes where a plain ``prn-bench`` puts it (MODEL/bench)."""
-    from prn_edge.bench.cli import main as bench_main
+    """The benchmark of the exported model; its report goes where a plain ``prn-bench`` puts it (MODEL/bench)."""
+    from prn_edge.bench.api import bench
 
     out = model_dir / "bench"
     models = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".onnx", ".engine"))
@@ -291,12 +288,11 @@ def _bench(model_dir: Path, ckpt: Path, args, steps: Steps) -> Path:
     if steps.is_done("bench", key) and (out / "bench.md").is_file():
         _say(f"done before: {out / 'bench.md'} (prn-bench runs it again)")
         return out
-    argv = ["--model", str(model_dir), "--checkpoint", str(ckpt), "--batch", "1,4", "--warmup", "1",
-            "--duration", f"{args.bench_duration:g}"]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    _say("prn-bench " + " ".join(argv))
-    _check(bench_main(argv), "benchmark")
+    _say(f"bench(batch=(1, 4), warmup=1, duration={args.bench_duration:g}) -> {out}")
+    result = bench(model_dir, checkpoint=ckpt, batch=(1, 4), warmup=1.0, duration=args.bench_duration,
+                   threads=args.threads, out=out, say=lambda line: _say(f"bench: {line}"))
+    print(result.table(), flush=True)
+    _say(f"wrote {', '.join(str(p) for p in result.written)}")
     steps.mark("bench", key)
     return out
 

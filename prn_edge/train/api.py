@@ -25,13 +25,13 @@ from prn_edge.errors import PRNError
 
 __all__ = ["CPU_DEFAULT_BATCH", "CPU_DEFAULT_MINUTES", "DEFAULT_CACHE", "FOREGROUNDS", "TrainResult", "train"]
 
-PROG = "prn-train"                 # the logger's name and the command recorded in the checkpoint
+PROG = "prn-train"                 # the tool this API is the body of (its messages say so)
 CPU_DEFAULT_MINUTES = 10.0
 CPU_DEFAULT_BATCH = 8
 DEFAULT_CACHE = Path.home() / ".cache" / "prn-edge" / "foreground"
 FOREGROUNDS = ("auto", "object", "texture")
 
-log = logging.getLogger(PROG)
+log = logging.getLogger("prn_edge.train")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from prn_edge.data.foreground import KINDS, ForegroundCache, category_kind
 from prn_edge.data.mvtec import MVTecCategory, Sample, load_sample, scan_category, split_seen_anomalies
 from prn_edge.data.synthesis import load_textures
 from prn_edge.errors import DataError
+from prn_edge.model.deployable import to_unit_float
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def load_training_data(data_dir: str | Path, *, image_size: int = 256, num_seen:
         foreground=torch.from_numpy(np.stack(masks))[:, None],
         calibration=_stack_images(cal_images) if cal_images else torch.empty(0, 3, image_size, image_size,
                                                                                dtype=torch.uint8),
-        seen_images=(_stack_images([i for i, _ in seen_pairs]).float() / 255.0) if seen_pairs
+        seen_images=to_unit_float(_stack_images([i for i, _ in seen_pairs])) if seen_pairs
         else torch.empty(0, 3, image_size, image_size),
         seen_masks=(torch.from_numpy(np.stack([m for _, m in seen_pairs]))[:, None].float()) if seen_pairs
         else torch.empty(0, 1, image_size, image_size),

@@ -22,6 +22,7 @@ from prn_edge.data.synthesis import AnomalySynthesizer, SynthesisConfig, batch_c
 from prn_edge.errors import CheckpointError, PRNError, first_line
 from prn_edge.io import atomic_write
 from prn_edge.model import PRN
+from prn_edge.model.deployable import to_unit_float
 from prn_edge.model.loss import prn_loss
 from prn_edge.train.data import TrainingData
 
@@ -210,12 +211,12 @@ class Trainer:
     def make_batch(self):
         """One synthesized training batch (images, masks) on the device."""
         idx = self._next_indices(self.settings.batch_size)
-        normal = self.normal[idx].float() / 255.0
+        normal = to_unit_float(self.normal[idx])
         return self.synthesizer(normal, self.foreground[idx].float(), self.synth_gen)
 
     # -- the run ---------------------------------------------------------------------------
     def build_prototypes(self) -> None:
-        batches = (self.normal[i:i + 16].float() / 255.0 for i in range(0, len(self.normal), 16))
+        batches = (to_unit_float(self.normal[i:i + 16]) for i in range(0, len(self.normal), 16))
         self.prototype_stats = self.model.build_prototypes(batches, seed=self.settings.seed)
 
     def run(self, resume: bool = False) -> Path | None:
@@ -311,7 +312,7 @@ class Trainer:
             return {"threshold": None, "num_images": 0}
         scores = []
         for i in range(0, len(self.data.calibration), 16):
-            batch = self.data.calibration[i:i + 16].to(self.device).float() / 255.0
+            batch = to_unit_float(self.data.calibration[i:i + 16].to(self.device))
             scores.append(self.model(batch).score.cpu())
         scores = torch.cat(scores)
         threshold = float(torch.quantile(scores.double(), self.settings.threshold_quantile))
