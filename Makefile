@@ -21,3 +21,59 @@ test: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# --------------------------------------------------------------------------------------
+# Committed results under benchmarks/results/: one target each, regenerated from a fresh clone.
+# Inputs are arguments, never paths one script assumes of another: where one result needs
+# another's output (export needs the accuracy run's bottle checkpoint, bench needs the export),
+# the dependency is a make prerequisite. Runs go to $(RUNS) (git-ignored); delete it to redo them.
+# Times are for 2 CPU cores (benchmarks/README.md).
+# --------------------------------------------------------------------------------------
+DATA_ROOT ?= ../shared/data
+RUNS ?= runs
+RESULTS ?= benchmarks/results
+THREADS ?= 2
+BOTTLE_CKPT := $(RUNS)/accuracy/bottle-edge/checkpoint.pt
+BOTTLE_EXPORT := $(RUNS)/export/bottle-edge
+EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DATA_ROOT)/mvtec_ad/bottle \
+	--out $(BOTTLE_EXPORT) --results $(RESULTS) --threads $(THREADS) --latency-rounds 30
+
+.PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
+	results-emulator-mutations results-runtime-gpu
+
+# The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
+results: results-model-size results-accuracy results-export results-bench
+
+results-model-size: install                     # model_size.{md,json}; ~30 s, no data
+	$(PY) benchmarks/model_size.py --k 21 --out $(RESULTS)
+
+# The bottle-edge run alone (~20 min): what export and bench start from.
+$(BOTTLE_CKPT): | install
+	$(PY) benchmarks/accuracy.py train --only bottle-edge --threads $(THREADS) --data-root $(DATA_ROOT) \
+		--runs $(RUNS)/accuracy
+
+results-accuracy: $(BOTTLE_CKPT) install        # accuracy.{md,json}, accuracy_curves.png; ~2 h
+	$(PY) benchmarks/accuracy.py train --threads $(THREADS) --data-root $(DATA_ROOT) --runs $(RUNS)/accuracy
+	$(PY) benchmarks/accuracy.py eval --data-root $(DATA_ROOT) --runs $(RUNS)/accuracy
+	$(PY) benchmarks/accuracy.py report --runs $(RUNS)/accuracy --results $(RESULTS)
+
+# The bottle export (model folder + export.{md,json}); ~4 min after the checkpoint.
+$(BOTTLE_EXPORT)/export_report.json: $(BOTTLE_CKPT) | install
+	$(EXPORT_CMD)
+
+results-export: $(BOTTLE_CKPT) install          # export.{md,json}
+	$(EXPORT_CMD)
+
+results-bench: $(BOTTLE_EXPORT)/export_report.json install   # bench_bottle.{json,md,png}; ~3 min
+	$(VENV)/bin/prn-bench --model $(BOTTLE_EXPORT) --checkpoint $(BOTTLE_CKPT) --batch 1,8 --duration 30 \
+		--threads $(THREADS) --precisions fp32,fp16,int8 --json $(RESULTS)/bench_bottle.json \
+		--md $(RESULTS)/bench_bottle.md --plot $(RESULTS)/bench_bottle.png
+
+results-kernels: install                        # kernels.md; ~80 s, needs nvcc (no GPU)
+	$(PY) benchmarks/kernel_resources.py --out $(RESULTS)/kernels.md
+
+results-emulator-mutations: install             # emulator_mutations.md; ~12 min (CPU CUDA emulator)
+	$(PY) benchmarks/emulator_mutations.py
+
+results-runtime-gpu: install                    # runtime_gpu.json; ~1 min on a CUDA GPU with CuPy
+	PYTHONPATH=. $(PY) benchmarks/runtime_gpu_check.py --out $(RESULTS)/runtime_gpu.json

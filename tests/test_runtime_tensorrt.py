@@ -221,7 +221,7 @@ def test_buffers_graphs_and_results(fakes):
     images = rng.integers(0, 256, (6, S, S, 3), dtype=np.uint8)
     maps, scores = engine.predict(images)
     np.testing.assert_allclose(scores, reference(images)[1] + 0.01 * np.array([0, 1, 2, 3, 0, 1]), rtol=1e-6)
-    assert set(engine.last_timings) == {"h2d", "compute", "d2h"} and engine.last_timings["h2d"] == 0.002  # 2 chunks
+    assert set(engine.last_timings) == {"h2d", "compute", "d2h", "total"} and engine.last_timings["h2d"] == 0.002  # 2 chunks
     info = engine.describe()
     assert info["cuda_graph"] and info["gpu_name"] == "Fake Orin" and info["max_batch"] == MAX
     engine.close()
