@@ -56,7 +56,7 @@ class ExportResult:
 def summary_text(report: dict) -> str:
     """A few lines for the terminal."""
     lines = [f"{PROG}: {report['status']}"]
-    for precision, r in report["precisions"].items():
+    for r in report["precisions"].values():
         acc = ""
         if "image_auroc" in r:
             acc = (f" image AUROC {100 * r['image_auroc']:.1f}, pixel AUROC {100 * r['pixel_auroc']:.1f}, "

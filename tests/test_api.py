@@ -5,7 +5,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO  # noqa: F401  (tests/ on the path: the fixtures below come from other test modules)
 from test_imports import run_blocked
 
@@ -28,10 +27,11 @@ def test_importing_the_facade_imports_no_torch():
 
 
 def test_facade_names_are_the_tools_functions():
-    import prn_edge.api as api
+    from prn_edge.export.api import export
+
+    from prn_edge import api
     from prn_edge.bench.api import bench
     from prn_edge.eval.api import evaluate_checkpoint
-    from prn_edge.export.api import export
     from prn_edge.runtime.api import inspect
     from prn_edge.train.api import train
 
@@ -45,7 +45,7 @@ def test_facade_names_are_the_tools_functions():
 # train
 # --------------------------------------------------------------------------------------
 torch = pytest.importorskip("torch")
-from test_train import tiny_category  # noqa: E402,F401  (fixture: links to 10+8 real bottle images)
+from test_train import tiny_category  # noqa: F401  (fixture: links to 10+8 real bottle images)
 
 
 def test_train_writes_a_checkpoint_without_argv(tiny_category, tmp_path, monkeypatch):  # noqa: F811
@@ -156,7 +156,7 @@ def test_export_rejects_bad_arguments(kwargs, message, tmp_path):
 # --------------------------------------------------------------------------------------
 # bench and inspect on a small exported model
 # --------------------------------------------------------------------------------------
-from test_bench import model_dir  # noqa: E402,F401  (fixture: a 128-px PRN saved and exported to ONNX)
+from test_bench import model_dir  # noqa: F401  (fixture: a 128-px PRN saved and exported to ONNX)
 
 
 def test_bench_measures_and_writes_the_reports(model_dir, tmp_path):  # noqa: F811

@@ -147,8 +147,8 @@ def _make_predictor(checkpoint, baseline, seen_from, device):
                        "device option); drop --device")
     seen_source = load_checkpoint(seen_from) if seen_from is not None else None
     notes = [] if seen_source is not None else [
-        f"the {baseline} baseline is scored on the whole test split; pass --seen-from CHECKPOINT to "
-        "leave out a PRN model's seen anomalies and compare both on the same images"]
+        (f"the {baseline} baseline is scored on the whole test split; pass --seen-from CHECKPOINT to "
+         "leave out a PRN model's seen anomalies and compare both on the same images")]
     return None, seen_source, notes
 
 

@@ -3,7 +3,7 @@
 The command is a thin view of :func:`prn_edge.eval.api.evaluate_checkpoint` (``prn_edge.api.evaluate``),
 which does::
 
-    engine = TorchEngine.from_checkpoint(checkpoint, device=device)
+    engine = TorchEngine(model, device=device, checkpoint=ckpt)     # model, ckpt = load_model(checkpoint)
     category = scan_category(data)
     result = evaluate(engine, category, exclude=seen_anomalies_from(engine.checkpoint, category))
     write_report(result, out)

@@ -54,8 +54,8 @@ def _roi(text: str) -> tuple[int, int, int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``prn-inspect``."""
-    from prn_edge.runtime.loader import BACKENDS, PRECISIONS
     from prn_edge.imaging.preprocess import RESIZE_POLICIES
+    from prn_edge.runtime.loader import BACKENDS, PRECISIONS
 
     p = ArgumentParser(
         prog=PROG,

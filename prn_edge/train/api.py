@@ -147,7 +147,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     from prn_edge.config import get_config
     from prn_edge.data.synthesis import SynthesisConfig
     from prn_edge.train.data import load_training_data
-    from prn_edge.train.trainer import DistInfo, Trainer, TrainSettings, paper_schedule_steps
+    from prn_edge.train.trainer import (
+        DistInfo,
+        Trainer,
+        TrainSettings,
+        paper_schedule_steps,
+    )
 
     if threads:
         torch.set_num_threads(threads)

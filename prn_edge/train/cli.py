@@ -13,7 +13,12 @@ from pathlib import Path
 
 from prn_edge.cli import ArgumentParser, run_cli
 from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES
-from prn_edge.train.api import CPU_DEFAULT_BATCH, CPU_DEFAULT_MINUTES, DEFAULT_CACHE, FOREGROUNDS
+from prn_edge.train.api import (
+    CPU_DEFAULT_BATCH,
+    CPU_DEFAULT_MINUTES,
+    DEFAULT_CACHE,
+    FOREGROUNDS,
+)
 
 PROG = "prn-train"
 
