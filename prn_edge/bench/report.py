@@ -16,6 +16,7 @@ from prn_edge.bench.harness import STAGES, BenchRun, peak_rss_bytes
 from prn_edge.bench.stats import CV_LIMIT, MIN_SAMPLES, REL_IQR_LIMIT
 from prn_edge.errors import require
 from prn_edge.io import atomic_write, write_json_atomic, write_text_atomic
+from prn_edge.provenance import provenance
 
 __all__ = [
     "FORMAT",
@@ -87,7 +88,8 @@ def build_report(run: BenchRun, *, cost: dict[str, Any], skipped: list[dict[str,
     return _clean({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine or machine_info(), "model": model, "settings": run.settings.to_dict(),
+        "machine": machine or machine_info(), "provenance": provenance(), "model": model,
+        "settings": run.settings.to_dict(),
         "reference": run.reference, "rounds": run.rounds, "measured_s": round(run.measured_s, 2),
         "first_round_order": [f"{k}/b{b}" for k, b in run.order[:len(run.cells)]],
         "engines": [{"key": e.key, "name": e.name, "threshold": e.threshold, "describe": e.describe,
@@ -188,7 +190,11 @@ def render_markdown(report: dict[str, Any], *, plot_name: str | None = None) -> 
     for lib in ("onnxruntime", "torch"):
         if lib in m:
             w(f", {lib} {m[lib]}")
-    w(f"; load average at start {m.get('load_average_at_start')}.\n\n")
+    w(f"; load average at start {m.get('load_average_at_start')}.")
+    git = (report.get("provenance") or {}).get("git")
+    if git:
+        w(f" Commit `{git['commit'][:12]}`{' (with uncommitted changes)' if git['dirty'] else ''}.")
+    w("\n\n")
     w(f"Model: `{model.get('dir')}` ({model.get('image_size')}px input, checkpoint sha256 "
       f"`{str(model.get('checkpoint_sha256'))[:12]}`). Settings: batches {report['settings']['batches']}, "
       f"warm-up {report['settings']['warmup_s']} s per engine, {report['measured_s']} s measured in "
