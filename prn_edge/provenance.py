@@ -27,6 +27,10 @@ def git_commit(repo: str | os.PathLike = _REPO) -> dict[str, Any] | None:
                               check=True).stdout.strip()
 
     try:
+        # Only the checkout this package is part of: an installed copy inside some other repository
+        # (a virtualenv in a project folder) must not report that repository's commit.
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != Path(repo).resolve():
+            return None
         sha = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
