@@ -18,7 +18,12 @@ import torch
 import torch.distributed as dist
 
 from prn_edge.checkpoint import save_checkpoint
-from prn_edge.data.synthesis import AnomalySynthesizer, SynthesisConfig, batch_composition
+from prn_edge.contract.model_folder import CHECKPOINT
+from prn_edge.data.synthesis import (
+    AnomalySynthesizer,
+    SynthesisConfig,
+    batch_composition,
+)
 from prn_edge.errors import CheckpointError, PRNError, first_line
 from prn_edge.io import atomic_write
 from prn_edge.model import PRN
@@ -30,7 +35,6 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "prn-edge-train-state"
 STATE_FILE = "train_state.pt"
-CHECKPOINT_FILE = "checkpoint.pt"
 PAPER_EPOCHS = 700
 
 
@@ -267,7 +271,7 @@ class Trainer:
         self.save_state()
         if not self.dist.is_main:
             return None
-        return self.write_checkpoint(self.out_dir / CHECKPOINT_FILE)
+        return self.write_checkpoint(self.out_dir / CHECKPOINT)
 
     def _wrap_ddp(self):
         if self.dist.world_size == 1:

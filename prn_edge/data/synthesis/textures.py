@@ -8,10 +8,8 @@ import torch
 
 from prn_edge.errors import DataError
 from prn_edge.imaging.preprocess import resize_image
-from prn_edge.imaging.read import read_image
+from prn_edge.imaging.read import IMAGE_EXTENSIONS, list_images, read_image
 from prn_edge.model.deployable import to_unit_float
-
-_TEXTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def load_textures(folder: str | Path, size: int = 256, limit: int | None = None,
@@ -23,7 +21,8 @@ def load_textures(folder: str | Path, size: int = 256, limit: int | None = None,
     (DTD sorts by category) instead of taking the first few.
 
     Args:
-        folder: root of the texture images (searched recursively for jpg/jpeg/png/bmp).
+        folder: root of the texture images (searched recursively; the image extensions of
+            :data:`prn_edge.imaging.read.IMAGE_EXTENSIONS`, hidden files skipped).
         size: output side in pixels (the training image size).
         limit: keep at most this many textures (None: all).
         dtype: ``torch.uint8`` (default, values 0..255: the full DTD is 1.1 GB at 256x256
@@ -38,10 +37,10 @@ def load_textures(folder: str | Path, size: int = 256, limit: int | None = None,
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"texture folder {root} does not exist (CLI: --textures; API: load_textures(folder))")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _TEXTURE_SUFFIXES and p.is_file())
+    files = list_images(root, recursive=True)
     if not files:
-        raise DataError(f"no texture images (jpg/png) under {root}: point --textures at the DTD "
-                        "'images' folder")
+        raise DataError(f"no texture images ({' '.join(sorted(IMAGE_EXTENSIONS))}) under {root}: point "
+                        "--textures at the DTD 'images' folder")
     if limit is not None:
         if limit < 1:
             raise DataError(f"load_textures: limit must be >= 1, got {limit}")
