@@ -27,8 +27,6 @@ DATA = REPO.parent / "shared" / "data"
 RUNS = REPO / "runs" / "accuracy"
 RESULTS = REPO / "benchmarks" / "results"
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import provenance_line  # noqa: E402
 
 
 @dataclass
@@ -144,7 +142,7 @@ def report(selected: list[Experiment], runs: Path = RUNS, results: Path = RESULT
 
     from prn_edge.checkpoint import load_checkpoint
     from prn_edge.io import write_json_atomic, write_text_atomic
-    from prn_edge.provenance import provenance
+    from prn_edge.provenance import provenance, provenance_line
 
     origin = provenance()
     rows, curves, records = [], {}, []

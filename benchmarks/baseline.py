@@ -24,9 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import provenance_line  # noqa: E402
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from prn_edge.eval.evaluate import evaluate, relative_path
     from prn_edge.eval.report import summary_text, write_report
     from prn_edge.io import write_json_atomic, write_text_atomic
-    from prn_edge.provenance import provenance
+    from prn_edge.provenance import provenance, provenance_line
 
     torch.set_num_threads(args.threads)
     try:

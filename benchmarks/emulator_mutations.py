@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prn_edge.io import write_text_atomic
 from prn_edge.kernels import kernels_dir
+from prn_edge.provenance import provenance, provenance_line
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "emulator_mutations.md"
@@ -107,7 +108,7 @@ def main() -> int:
     for (name, _, _, what), verdict, seconds, detail in rows:
         lines.append(f"| `{name}` | {what} | {verdict} ({seconds:.0f} s) | {detail.replace('|', '/')} |")
     caught = sum(v == "caught" for _, v, _, _ in rows)
-    lines += ["", f"{caught} of {len(rows)} caught.", "", EXPECTED_SURVIVORS]
+    lines += ["", f"{caught} of {len(rows)} caught.", "", EXPECTED_SURVIVORS, "", provenance_line(provenance())]
     write_text_atomic(RESULTS, "\n".join(lines) + "\n")
     print(f"{caught} of {len(rows)} caught -> {RESULTS}")
     return 0

@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import provenance_line  # noqa: E402
 
 
 def _relative(path) -> str:
@@ -49,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
               "(or make results-accuracy-train) first", file=sys.stderr)
         return 2
 
+    from prn_edge.export.report import render_markdown
+
     from prn_edge.api import export
     from prn_edge.errors import PRNError
-    from prn_edge.export.report import render_markdown
     from prn_edge.io import write_json_atomic, write_text_atomic
-    from prn_edge.provenance import provenance
+    from prn_edge.provenance import provenance, provenance_line
 
     flags = ["--fp16", "--int8", "--out", _relative(args.out), "--threads", str(args.threads),
              "--latency-rounds", str(args.latency_rounds), "--no-progress"]
@@ -116,22 +115,27 @@ def int8_forms(fp32: Path, data: Path, threads: int, rounds: int) -> list[str]:
     import tempfile
 
     import numpy as np
-
     from prn_edge.export.int8 import quantize_int8
-    from prn_edge.export.pipeline import interleaved_times, load_calibration
+    from prn_edge.export.pipeline import load_calibration
+
+    from prn_edge.bench.harness import BenchSettings, run_benchmark
     from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
 
     images, _ = load_calibration(Path(data) / "train" / "good", 32, 0, 256)
     with tempfile.TemporaryDirectory() as tmp:
-        engines = {"FP32": OnnxRuntimeEngine(fp32, threads=threads)}
+        models = {"FP32": fp32}
         for form in ("s8", "u8"):
-            path = quantize_int8(fp32, Path(tmp) / f"{form}.onnx", images, activations=form)
-            engines[f"INT8, {form.upper()} activations"] = OnnxRuntimeEngine(path, threads=threads)
-        times = interleaved_times({name: e.predict for name, e in engines.items()}, images[:1], rounds)
+            models[f"INT8, {form.upper()} activations"] = quantize_int8(fp32, Path(tmp) / f"{form}.onnx", images,
+                                                                        activations=form)
+        # prn-bench's interleaved rounds on frames already at the model's size: engine.predict alone.
+        settings = BenchSettings(batches=(1,), warmup_s=0.0, duration_s=1e-3, round_s=1e-6, min_samples=rounds,
+                                 frame_hw=(256, 256), reference="FP32", require_threshold=False)
+        run = run_benchmark([(name, lambda path=path: OnnxRuntimeEngine(path, threads=threads))
+                             for name, path in models.items()], settings)
     lines = ["| ONNX Runtime model | median ms | vs FP32 |", "|---|---:|---:|"]
-    fp32_ms = float(np.median(times["FP32"])) * 1e3
-    for name, t in times.items():
-        ms = float(np.median(t)) * 1e3
+    fp32_ms = float(np.median(run.cell("FP32", 1).samples["compute"])) * 1e3
+    for name in models:
+        ms = float(np.median(run.cell(name, 1).samples["compute"])) * 1e3
         lines.append(f"| {name} | {ms:.1f} | {fp32_ms / ms:.2f}x |")
     return lines
 

@@ -198,13 +198,17 @@ def main(argv=None) -> int:
     proto = bench_proto(batches, dtypes, copy_bw, compile_batches={1}, use_compile=not args.no_compile)
     attn = bench_attention(batches, dtypes, compile_batches={1}, use_compile=not args.no_compile)
     text = markdown(f"{device} ({why})", copy_bw, proto, attn)
-    text += f"\nTotal benchmark time: {time.perf_counter() - t0:.0f} s.\n"
+    from prn_edge.provenance import provenance, provenance_line
+
+    origin = provenance()
+    text += f"\nTotal benchmark time: {time.perf_counter() - t0:.0f} s.\n\n{provenance_line(origin)}\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps({"device": device, "copy_GB_per_s": copy_bw / 1e9,
                                                          "proto_residual": proto,
-                                                         "multi_size_attention": attn}, indent=2))
+                                                         "multi_size_attention": attn, "provenance": origin},
+                                                        indent=2))
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}", file=sys.stderr)
     return 0
 

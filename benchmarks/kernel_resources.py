@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from prn_edge.kernels import KERNEL_FILES, constants, kernels_dir, load_source
-from prn_edge.kernels import _compile
+from prn_edge.kernels import KERNEL_FILES, _compile, constants, kernels_dir, load_source
+from prn_edge.provenance import provenance, provenance_line
 
 # Occupancy on these targets: 64K 32-bit registers and 2048 threads per SM on all three;
 # shared memory per SM: 164 KB (sm_87), 100 KB (sm_89), 228 KB (sm_90).
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
         spills += r.spill_stores + r.spill_loads
         lines.append(f"| {compiler} | {name} | `{r.kernel}` | {arch} | {r.registers} | {r.smem} | {r.stack} | "
                      f"{r.spill_stores}/{r.spill_loads} | {blocks_per_sm(r.registers, r.smem, arch, threads)} |")
-    lines += ["", f"Spills: {'none' if spills == 0 else f'{spills} bytes (see above)'}."]
+    lines += ["", f"Spills: {'none' if spills == 0 else f'{spills} bytes (see above)'}.", "",
+              provenance_line(provenance())]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -20,10 +20,7 @@ from prn_edge.io import write_json_atomic, write_text_atomic
 from prn_edge.model import PRN
 from prn_edge.model.backbones import build_backbone
 from prn_edge.model.summary import summarize
-from prn_edge.provenance import provenance
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import provenance_line  # noqa: E402
+from prn_edge.provenance import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -53,6 +53,7 @@ def build_checkpoint(folder: Path) -> Path:
     from prn_edge.config import get_config
     from prn_edge.model import PRN
     from prn_edge.model.backbones import build_backbone
+    from prn_edge.model.deployable import to_unit_float
     from prn_edge.model.random_head import randomize_head
 
     torch.manual_seed(0)
@@ -60,13 +61,13 @@ def build_checkpoint(folder: Path) -> Path:
         warnings.simplefilter("ignore")
         backbone = build_backbone("efficientnet_lite0", weights="random")
     model = PRN(get_config("edge"), backbone=backbone).eval()
-    normal = torch.from_numpy(synthetic_images(8, 1)).permute(0, 3, 1, 2).float() / 255
+    normal = to_unit_float(torch.from_numpy(synthetic_images(8, 1)), channels_last=True)
     with torch.no_grad():
         model.build_prototypes([normal], k=4)
     randomize_head(model, seed=1, gain=GAIN)            # as in tests/test_export_onnx.py
     with torch.no_grad():
         x = torch.from_numpy(np.concatenate([synthetic_images(4, 2), synthetic_images(4, 3, True)]))
-        scores = model(x.permute(0, 3, 1, 2).float() / 255).score
+        scores = model(to_unit_float(x, channels_last=True)).score
     # Threshold in the widest gap between the middle scores, so that both decisions occur and a
     # last-digit difference between backends cannot flip one.
     ordered = np.sort(scores.numpy())
@@ -168,7 +169,10 @@ def main() -> int:
                                         "age_ms_p50": float(np.median(ages)), "age_ms_max": float(max(ages[5:])),
                                         "infer_ms_p50": s.latency_ms["infer"]["p50"]}
         print(json.dumps(result["loop_file"]), json.dumps(result["loop_camera_500fps"]), flush=True)
+    from prn_edge.provenance import provenance
+
     result["ok"] = bool(ok)
+    result["provenance"] = provenance()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

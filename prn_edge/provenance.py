@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PACKAGES", "git_commit", "machine", "package_versions", "provenance"]
+__all__ = ["PACKAGES", "git_commit", "machine", "package_versions", "provenance", "provenance_line"]
 
 #: The packages whose versions decide a result (missing ones are recorded as None).
 PACKAGES = ("prn-edge", "numpy", "torch", "onnx", "onnxruntime", "opencv-python-headless", "kornia",
@@ -58,3 +58,16 @@ def machine() -> dict[str, Any]:
 def provenance() -> dict[str, Any]:
     """Commit (None outside a git checkout), package versions and machine, as one JSON-able dict."""
     return {"git": git_commit(), "packages": package_versions(), "machine": machine()}
+
+
+def provenance_line(origin: dict[str, Any]) -> str:
+    """A :func:`provenance` record as one Markdown line: commit, package versions, machine."""
+    git = origin.get("git") or {}
+    if git.get("commit"):
+        commit = f"`{git['commit'][:12]}`" + (" (with uncommitted changes)" if git.get("dirty") else "")
+    else:
+        commit = "not a git checkout"
+    packages = ", ".join(f"{k} {v}" for k, v in (origin.get("packages") or {}).items() if v)
+    m = origin.get("machine") or {}
+    return (f"Provenance: commit {commit}; {packages}; {m.get('cpu')}, {m.get('cores')} cores, "
+            f"{m.get('system')}, Python {m.get('python')}.")

@@ -16,7 +16,7 @@ from prn_edge.bench.harness import STAGES, BenchRun, peak_rss_bytes
 from prn_edge.bench.stats import CV_LIMIT, MIN_SAMPLES, REL_IQR_LIMIT
 from prn_edge.errors import require
 from prn_edge.io import atomic_write, write_json_atomic, write_text_atomic
-from prn_edge.provenance import provenance
+from prn_edge.provenance import provenance, provenance_line
 
 __all__ = [
     "FORMAT",
@@ -191,9 +191,8 @@ def render_markdown(report: dict[str, Any], *, plot_name: str | None = None) -> 
         if lib in m:
             w(f", {lib} {m[lib]}")
     w(f"; load average at start {m.get('load_average_at_start')}.")
-    git = (report.get("provenance") or {}).get("git")
-    if git:
-        w(f" Commit `{git['commit'][:12]}`{' (with uncommitted changes)' if git['dirty'] else ''}.")
+    if report.get("provenance"):
+        w(f"\n\n{provenance_line(report['provenance'])}")
     w("\n\n")
     w(f"Model: `{model.get('dir')}` ({model.get('image_size')}px input, checkpoint sha256 "
       f"`{str(model.get('checkpoint_sha256'))[:12]}`). Settings: batches {report['settings']['batches']}, "

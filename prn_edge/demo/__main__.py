@@ -230,6 +230,7 @@ def make_video(data_dir: Path, path: Path, *, size: int = 512, fps: int = VIDEO_
     import cv2
 
     from prn_edge.data.mvtec import scan_category
+    from prn_edge.imaging.read import read_image
     from prn_edge.io import atomic_write
 
     category = scan_category(data_dir)
@@ -245,7 +246,7 @@ def make_video(data_dir: Path, path: Path, *, size: int = 512, fps: int = VIDEO_
         raise PRNError(f"{tmp}: OpenCV cannot write an MJPG video here (its build lacks the codec)")
     try:
         for sample in order:
-            frame = cv2.imread(str(sample.path), cv2.IMREAD_COLOR)
+            frame = read_image(sample.path, order="BGR")
             writer.write(cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR))
     finally:
         writer.release()

@@ -268,12 +268,13 @@ def _preview(out: Path, n: int, seed: int, data, synthesis) -> TrainResult:
 
     from prn_edge.data.synthesis import batch_composition, preview_grid
     from prn_edge.io import atomic_write
+    from prn_edge.model.deployable import to_unit_float
     from prn_edge.train.trainer import build_synthesizer
 
     size = _smallest_batch(n, synthesis)
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(data.normal), (size,), generator=gen)
-    batch = build_synthesizer(data, synthesis)(data.normal[idx].float() / 255.0, data.foreground[idx].float(), gen)
+    batch = build_synthesizer(data, synthesis)(to_unit_float(data.normal[idx]), data.foreground[idx].float(), gen)
     _, png = cv2.imencode(".png", cv2.cvtColor(preview_grid(batch, columns=4), cv2.COLOR_RGB2BGR))
     path = out / "preview.png"
     with atomic_write(path) as handle:
