@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (DESIGN.md, Kernels): run on a machine with a CUDA GPU, CuPy and a
+# The one prepared GPU check (docs/contract.md, "GPU checks"): run on a machine with a CUDA GPU, CuPy and a
 # CUDA build of torch, from the repository root or anywhere:
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]        # default: benchmarks/results

@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "PRN_SPEC expects 77-91 GFLOPs and 68-78 M trainable parameters for the paper model with "
+        "docs/model.md ('Cost') expects 77-91 GFLOPs and 68-78 M trainable parameters for the paper model with "
         "ResNet-18 (MSA ~60 GFLOPs, encoder 4.7, decoder ~15) and K x 1.8 MB of prototypes. Our decoder "
         "mirrors the encoder's widths (64/128/256 channels at scales 1/2/3) and runs its last block at 32 "
-        "channels, hence fewer decoder GFLOPs than the spec's estimate.",
+        "channels, hence fewer decoder GFLOPs than docs/model.md's estimate.",
         "",
         provenance_line(origin),
         "",

@@ -1,6 +1,6 @@
 """FP32 PRN ONNX -> mixed-precision FP16 ONNX: where the precision lives for TensorRT 11.
 
-TensorRT 11 builds strongly typed networks only (PLATFORM.md), so the FP16 engine runs what
+TensorRT 11 builds strongly typed networks only (docs/platform.md, "TensorRT versions"), so the FP16 engine runs what
 the ONNX says. This pass decides it, node by node, with a short policy:
 
 * FP16 storage and arithmetic: the convolutional body (encoder, fusion, attention

@@ -2,7 +2,7 @@
 
 The INT8 model is what TensorRT 10 (``BuilderFlag.INT8`` on a Q/DQ network) and TensorRT 11
 (strongly typed) both build from, and what ONNX Runtime runs on a CPU, so its accuracy is
-measured here before any engine exists (PLATFORM.md: "precision lives in the ONNX").
+measured here before any engine exists (docs/platform.md, "Precision lives in the ONNX").
 
 Quantization (ONNX Runtime's ``quantize_static``, QDQ format):
 
@@ -11,7 +11,7 @@ Quantization (ONNX Runtime's ``quantize_static``, QDQ format):
   ``prn`` calls' distance GEMM and softmax, resize, the score) stays float: the fused ops
   reduce in FP32 by design (plugin_spec.py).
 * Static ranges (MinMax) from a stated number of normal images, drawn with a seed.
-  Dynamic quantization is 4-5x slower on these CPUs (PLATFORM.md) and does not exist in
+  Dynamic quantization is 4-5x slower on these CPUs (docs/platform.md, "CPU speed") and does not exist in
   TensorRT.
 
 The gate (the caller's): image AUROC, pixel AUROC and PRO each within ``tolerance`` points

@@ -1,4 +1,4 @@
-"""PRN -> the deployable ONNX model (DESIGN.md, "The deployable contract (ONNX)").
+"""PRN -> the deployable ONNX model (docs/contract.md, "The ONNX model").
 
 The graph takes ``image``: uint8, NHWC, RGB, (N, S, S, 3) with a dynamic batch, and does
 everything a backend would otherwise re-implement: ``Transpose`` to NCHW, ``Cast``, ``/ 255``,

@@ -27,7 +27,7 @@ The two ops (reference semantics in PyTorch -> ONNX function -> TensorRT plugin)
     ONNX function attribute and plugin field: ``num_heads`` (int, 4).
 
 The banks stay tensor inputs in every form (graph initializers feeding inputs 1 and 2), never
-attributes (PLATFORM.md): as weights, TensorRT and the ONNX tools see them, convert them
+attributes (docs/platform.md, "TensorRT plugins"): as weights, TensorRT and the ONNX tools see them, convert them
 (FP16) and can refit them; as a field they would be an opaque blob copied into the plugin.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """TensorRT engines from the plugin-variant ONNX files: thin, on Polygraphy's loaders.
 
-Precision lives in the ONNX (PLATFORM.md). What differs per TensorRT version is only how the
+Precision lives in the ONNX (docs/platform.md, "Precision lives in the ONNX"). What differs per TensorRT version is only how the
 builder is told to honour it:
 
 * TensorRT 11.x: every network is strongly typed; the builder precision flags are gone.
@@ -15,7 +15,7 @@ version, GPU, compute capability, precision, checkpoint hash) that the runtime c
 loading. The plugin library is registered before parsing: the ONNX parser resolves the
 ``ProtoResidual`` / ``MultiSizeAttention`` nodes through the registry.
 
-TensorRT cannot be installed on the development and CI machines (PLATFORM.md): only
+TensorRT cannot be installed on the development and CI machines (docs/platform.md, "What installs where"): only
 :func:`build_settings` and the argument checks run there; the build itself runs on a GPU
 machine (``benchmarks/gpu_check.sh``).
 """

@@ -17,7 +17,7 @@ RESIDUAL_MODES = ("abs", "square")
 
 @dataclass(frozen=True)
 class PRNConfig:
-    """Every architectural choice of PRN_SPEC, with the paper's values as defaults.
+    """Every architectural choice of docs/model.md, with the paper's values as defaults.
 
     Attributes:
         backbone: frozen ImageNet encoder, one of ``BACKBONE_NAMES``.
@@ -82,7 +82,7 @@ class PRNConfig:
             raise PRNError(f"score_top_k must be in [1, {self.image_size ** 2}], got {self.score_top_k}")
 
     def num_prototypes(self, num_normal: int) -> int:
-        """K for a training set of ``num_normal`` normal images (PRN_SPEC section 1)."""
+        """K for a training set of ``num_normal`` normal images (docs/model.md, "Prototypes")."""
         if num_normal < 1:
             raise PRNError("cannot build prototypes from zero normal images")
         return max(1, round(self.prototype_ratio * num_normal))
@@ -115,7 +115,7 @@ class PRNConfig:
 
 
 PRESETS: dict[str, PRNConfig] = {
-    # PRN_SPEC as written: ResNet-18, three MSA layers per scale, full-size decoder.
+    # docs/model.md as written: ResNet-18, three MSA layers per scale, full-size decoder.
     "paper": PRNConfig(preset="paper"),
     # Cheaper for Jetson-class devices: offline Lite0 weights, one MSA layer per scale,
     # logits predicted at stride 4 (64x64) and upsampled.

@@ -1,4 +1,4 @@
-"""Tests for :mod:`prn_edge.eval.metrics` (spec section 9).
+"""Tests for :mod:`prn_edge.eval.metrics` (docs/model.md, "Metrics").
 
 AUROC/AP are checked against scikit-learn and hand-computed values; PRO against a
 brute-force reference written here (a Python loop over thresholds, regions labelled with

@@ -1,8 +1,8 @@
-"""Online anomaly synthesis (PRN_SPEC section 7) on real MVTec bottle images and DTD textures.
+"""Online anomaly synthesis (docs/model.md, "Anomaly synthesis") on real MVTec bottle images and DTD textures.
 
 The central property: the mask of a sample is exactly the set of altered pixels. Outside it
 the image is bit-identical to the input normal image; inside it the change is
-``(1 - beta) * (S - N)`` for the blended-in source S (the spec's formulas rearranged).
+``(1 - beta) * (S - N)`` for the blended-in source S (docs/model.md's formulas rearranged).
 """
 from __future__ import annotations
 

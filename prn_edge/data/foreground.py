@@ -1,4 +1,4 @@
-"""Foreground masks: where target areas for generated anomalies may be placed (spec section 7).
+"""Foreground masks: where target areas for generated anomalies may be placed (docs/model.md, "Anomaly synthesis").
 
 Textures are foreground everywhere. For objects the foreground is the object itself,
 found without learning: Otsu threshold of the blurred grey image, morphological open

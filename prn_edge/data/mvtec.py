@@ -263,7 +263,7 @@ def split_seen_anomalies(
 ) -> tuple[list[Sample], list[Sample]]:
     """Draw the ``n`` seen anomalies from the test split and remove them from evaluation.
 
-    The DRA "general" protocol (spec section 7): the seen defects train the model, so
+    The DRA "general" protocol (docs/model.md, "Anomaly synthesis"): the seen defects train the model, so
     they must never be scored. The draw is spread across defect types: the types are
     shuffled, each type's images are shuffled, and images are taken round-robin over the
     types (a type that runs out is skipped), so every type is represented as evenly as

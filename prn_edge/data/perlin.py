@@ -1,4 +1,4 @@
-"""Batched 2-D Perlin noise in torch, for the simulated-anomaly masks (PRN_SPEC section 7).
+"""Batched 2-D Perlin noise in torch, for the simulated-anomaly masks (docs/model.md, "Anomaly synthesis").
 
 Kornia has no Perlin noise, so it is written here. The formula is the classic gradient noise
 used by DRAEM's ``rand_perlin_2d`` (random unit gradients on a lattice, quintic fade,
@@ -33,7 +33,7 @@ def perlin_noise(shape: tuple[int, int, int], generator: torch.Generator, min_sc
         generator: source of every random number (lattice exponents and gradient angles);
             it may live on another device than ``device``.
         min_scale: smallest lattice exponent per axis (resolution 2^min_scale cells).
-        max_scale: largest lattice exponent per axis, inclusive (the spec: 2^0 .. 2^5).
+        max_scale: largest lattice exponent per axis, inclusive (docs/model.md: 2^0 .. 2^5).
         exponents: optional ``(B, 2)`` integer exponents ``(a_y, a_x)`` to use instead of
             drawing them; the noise then has 2^a_y x 2^a_x lattice cells.
         device: device of the result (default: the generator's device).

@@ -3,9 +3,9 @@
 One function, :func:`evaluate`, for every backend (the PyTorch model, ONNX Runtime, TensorRT,
 the PatchCore baseline): it reads the test images at the engine's input size, judges them in
 batches through the runtime's :class:`~prn_edge.runtime.pipeline.Pipeline` (so its decisions
-are those prn-inspect would make), and computes the metrics of spec section 9 overall and per
-defect type. The seen anomalies a supervised model trained on (spec section
-7, recorded by training in ``checkpoint.metadata["data"]["seen_anomalies"]``) are removed
+are those prn-inspect would make), and computes the metrics of docs/model.md, "Metrics" overall and per
+defect type. The seen anomalies a supervised model trained on (docs/model.md,
+"Anomaly synthesis", recorded by training in ``checkpoint.metadata["data"]["seen_anomalies"]``) are removed
 first: :func:`seen_anomalies_from` reads that record, and :func:`evaluate` refuses to score
 an excluded sample.
 
@@ -296,7 +296,7 @@ def evaluate(predictor: Engine, category: MVTecCategory, *, exclude: Iterable[st
         raise PRNError(f"batch size must be a positive integer, got {batch_size!r}")
     excluded = sorted({_normalise(p) for p in exclude})
     samples, paths = select_samples(category, excluded, limit_per_type)
-    # The guard of spec section 7, kept as an explicit check (it must survive python -O):
+    # The guard of docs/model.md, "Anomaly synthesis", kept as an explicit check (it must survive python -O):
     # a seen anomaly trained the model, so scoring it would inflate every metric.
     leaked = set(paths) & set(excluded)
     if leaked:

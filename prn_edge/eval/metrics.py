@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics: image AUROC, pixel AUROC, pixel AP and PRO (spec section 9).
+"""Anomaly-detection metrics: image AUROC, pixel AUROC, pixel AP and PRO (docs/model.md, "Metrics").
 
 All functions take numpy arrays and return Python floats or numpy arrays; none needs torch.
 scikit-learn (AUROC, AP, curves) and OpenCV (connected components for PRO) are imported
@@ -436,7 +436,7 @@ def pro_score(
 
 @dataclass(frozen=True)
 class Metrics:
-    """The four metrics of spec section 9, each in [0, 1].
+    """The four metrics of docs/model.md, "Metrics", each in [0, 1].
 
     Attributes:
         image_auroc: AUROC of image scores.

@@ -165,10 +165,10 @@ def render_markdown(result: EvaluationResult, notes: tuple[str, ...] | list[str]
                      + " | ".join(_pct(v) for v in ref) + " |")
         lines += ["", f"Reference: the paper reports {' / '.join(_pct(v) for v in ref)} (image AUROC / "
                   f"pixel AUROC / PRO / AP) on MVTec AD {result.category}, with a ResNet-18 PRN trained "
-                  "700 epochs with 10 seen anomalies (PRN_SPEC, reference numbers)."]
+                  "700 epochs with 10 seen anomalies (docs/model.md, 'Reference numbers')."]
     lines += ["", "## Seen anomalies excluded", ""]
     if result.excluded:
-        lines.append(f"{len(result.excluded)} defective test image(s) trained the model (spec section 7) "
+        lines.append(f"{len(result.excluded)} defective test image(s) trained the model (docs/model.md, 'Anomaly synthesis') "
                      "and were not evaluated:")
         lines.append("")
         lines += [f"- `{p}`" for p in result.excluded]

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "parameters, GFLOPs per image, and the size of the prototype banks for K prototypes. "
                     "Runs one forward pass on random input (weights do not change any of these numbers).")
     parser.add_argument("--config", choices=sorted(PRESETS), default="paper",
-                        help="preset: 'paper' (PRN_SPEC as written) or 'edge' (Lite0, 1 MSA layer, "
+                        help="preset: 'paper' (docs/model.md as written) or 'edge' (Lite0, 1 MSA layer, "
                              "decoder at 64x64); default: paper")
     parser.add_argument("--backbone", choices=BACKBONE_NAMES, default=None,
                         help="override the preset's backbone")

@@ -1,4 +1,4 @@
-"""Multi-size self-attention (MSA, PRN_SPEC section 4).
+"""Multi-size self-attention (MSA, docs/model.md, "Multi-size attention").
 
 One layer on X (B, c, H, W), c = 2C: four heads with patch sides p_s = H / 2^s
 (s = 0..3). Per head, 1x1 convolutions give Q, K, V; each is cut into non-overlapping
@@ -94,8 +94,8 @@ class MSALayer(nn.Module):
     def __init__(self, channels: int, num_heads: int = NUM_HEADS):
         super().__init__()
         self.num_heads = num_heads
-        # One 1x1 conv computes Q, K, V of every head: the per-head 1x1 embeddings of the
-        # spec, stacked along the output channels.
+        # One 1x1 conv computes Q, K, V of every head: the per-head 1x1 embeddings of
+        # docs/model.md, stacked along the output channels.
         self.qkv = nn.Conv2d(channels, 3 * num_heads * channels, kernel_size=1)
         self.block = ResidualBlock(num_heads * channels, channels)
 

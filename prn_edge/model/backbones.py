@@ -11,7 +11,7 @@ the weight files they load, so a state dict maps onto them one to one:
 
 Every backbone takes RGB in [0, 1], normalises inside (buffers, so the exported graph
 carries the normalisation too), and returns four taps at strides 4, 8, 16 and 32
-(see ``docs/PRN_SPEC.md``, "Shapes"). The encoder is frozen: no parameter requires grad,
+(see ``docs/model.md``, "Encoder"). The encoder is frozen: no parameter requires grad,
 and it stays in eval mode whatever its parent does, because frozen BatchNorm switched to
 batch statistics silently moves the features away from the prototypes built in eval mode.
 """
@@ -228,7 +228,7 @@ class Conv2dSame(nn.Conv2d):
     The Lite0 weights were trained in TensorFlow, where a stride-2 3x3 conv on an even
     input pads 0 on top/left and 1 on bottom/right; PyTorch's symmetric padding shifts
     every strided layer by half a pixel and costs ImageNet accuracy (0.77 -> 0.49 on the
-    cat photo in the spec). The padding is a static ``F.pad`` computed from the input
+    cat photo in docs/model.md). The padding is a static ``F.pad`` computed from the input
     shape: for a fixed input size it exports to ONNX as a constant Pad node.
     """
 

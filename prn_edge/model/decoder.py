@@ -1,4 +1,4 @@
-"""U-Net decoder and image score (PRN_SPEC section 5)."""
+"""U-Net decoder and image score (docs/model.md, "Decoder and image score")."""
 from __future__ import annotations
 
 from collections.abc import Sequence

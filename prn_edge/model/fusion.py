@@ -1,4 +1,4 @@
-"""Multi-scale fusion (MF, PRN_SPEC section 3): ``out_j = sum_r f_rj(in_r)`` over three scales."""
+"""Multi-scale fusion (MF, docs/model.md, "Multi-scale fusion"): ``out_j = sum_r f_rj(in_r)`` over three scales."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 def _down_path(c_in: int, c_out: int, factor: int) -> nn.Module:
     # Depthwise conv, kernel factor+1, stride factor, padding factor/2, then pointwise:
-    # exactly the stride-'factor' reduction the spec writes (64 -> 32 -> 16 sides).
+    # exactly the stride-'factor' reduction docs/model.md writes (64 -> 32 -> 16 sides).
     return nn.Sequential(
         nn.Conv2d(c_in, c_in, kernel_size=factor + 1, stride=factor, padding=factor // 2,
                   groups=c_in, bias=False),
@@ -21,7 +21,7 @@ class MultiScaleFusion(nn.Module):
     """Fuse three maps (strides 4, 8, 16) into three maps with the same shapes.
 
     r = j: identity. r < j: depthwise-separable strided conv. r > j: 1x1 conv and bilinear
-    upsampling. The spec orders the up path "upsample, then 1x1 conv"; we convolve first:
+    upsampling. docs/model.md orders the up path "upsample, then 1x1 conv"; we convolve first:
     bilinear interpolation (align_corners=False) is a convex combination per output pixel,
     so it commutes with a per-pixel affine map, and the conv then runs on 4-16x fewer
     pixels. No normalisation, no activation.

@@ -1,4 +1,4 @@
-"""Training loss (PRN_SPEC section 6): SmoothL1 on probabilities + 5 x focal on logits."""
+"""Training loss (docs/model.md, "Loss"): SmoothL1 on probabilities + 5 x focal on logits."""
 from __future__ import annotations
 
 import torch.nn.functional as F

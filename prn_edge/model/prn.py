@@ -28,7 +28,7 @@ class PRNOutput(NamedTuple):
 
 
 class PRN(nn.Module):
-    """PRN (Zhang et al., CVPR 2023) as fixed by PRN_SPEC.
+    """PRN (Zhang et al., CVPR 2023) as fixed by docs/model.md.
 
     ``forward`` takes RGB images in [0, 1], (B, 3, S, S) with S = ``config.image_size``;
     the backbone normalises them itself. The encoder is frozen and always in eval mode;

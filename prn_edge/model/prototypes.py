@@ -1,4 +1,4 @@
-"""Multi-scale prototypes (PRN_SPEC sections 1 and 2): k-means, nearest prototype, residual.
+"""Multi-scale prototypes (docs/model.md, "Prototypes" and "Residual"): k-means, nearest prototype, residual.
 
 Each image's feature map at one scale is one point in D = C*H*W dimensions. The bank of
 K prototypes per scale is found by k-means over the normal training images; at inference

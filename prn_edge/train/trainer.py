@@ -40,7 +40,7 @@ PAPER_EPOCHS = 700
 
 @dataclass
 class TrainSettings:
-    """Optimisation and bookkeeping of one run (PRN_SPEC section 8 defaults).
+    """Optimisation and bookkeeping of one run (docs/model.md, "Training" defaults).
 
     Exactly one budget applies: ``steps`` or ``minutes`` (wall clock of the loop).
     ``batch_size`` is per process; under torchrun the global batch is world_size times it.

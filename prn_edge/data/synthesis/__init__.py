@@ -1,4 +1,4 @@
-"""Online anomaly synthesis for PRN training (PRN_SPEC section 7), batched torch.
+"""Online anomaly synthesis for PRN training (docs/model.md, "Anomaly synthesis"), batched torch.
 
 Each training batch of normal images is turned into an exact mix of normal samples,
 extended anomalies (EA: a seen defect, augmented, moved and cropped by a target area) and
@@ -9,7 +9,7 @@ schedule can synthesize on the GPU), and every random choice comes from an expli
 
 Conventions: images are float ``(B, 3, H, W)`` RGB in [0, 1]; masks are float {0, 1}
 ``(B, 1, H, W)``. The mask returned for a synthesized sample is exactly the set of pixels
-that the blend altered (``M`` in the spec's formulas): pixels outside it are bit-identical
+that the blend altered (``M`` in docs/model.md's formulas): pixels outside it are bit-identical
 to the input normal image. Synthesized masks are never empty (an empty one would be a
 mislabelled normal): redraws are bounded and end in a deterministic fallback.
 

@@ -1,6 +1,6 @@
 """Image augmentations of the synthesis: photometric ops (Kornia), the affine warp, grid shuffle.
 
-* Aug1 of the spec (``EA_OPS``) and the colour ops of the SA source (``COLOUR_OPS``): each
+* Aug1 of docs/model.md (``EA_OPS``) and the colour ops of the SA source (``COLOUR_OPS``): each
   maps ``(n, 3, H, W)`` and a per-sample ``u (n,)`` in [0, 1) to the op's parameter range,
   so one uniform per op slot keeps the random stream fixed.
 * Aug2 (:func:`_warp`): images and masks warped together by pixel-space affine matrices.

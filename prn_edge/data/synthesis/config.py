@@ -2,7 +2,7 @@
 
 :class:`SynthesisConfig` (the knobs a run sets), :func:`batch_composition` (the exact
 normal:EA:SA mix of a batch), :class:`SynthesizedBatch` (what the synthesizer returns) and
-the fixed constants of PRN_SPEC section 7 that the other modules of the package read.
+the fixed constants of docs/model.md, "Anomaly synthesis" that the other modules of the package read.
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import torch
 
 from prn_edge.errors import DataError, PRNError
 
-# Aug1 of the spec: two distinct ops of these seven, in random order, per EA sample.
+# Aug1 of docs/model.md: two distinct ops of these seven, in random order, per EA sample.
 EA_OPS = ("equalize", "solarize", "posterize", "sharpness", "autocontrast", "invert", "gamma")
 # "Three random colour ops" applied to the SA source (DTD texture or the image itself).
 COLOUR_OPS = ("brightness", "contrast", "saturation", "hue", "gamma")
 EA_OPS_PER_SAMPLE = 2
 COLOUR_OPS_PER_SAMPLE = 3
 
-# Aug2 of the spec (rotate, shear, shift of the defect region and its mask).
+# Aug2 of docs/model.md (rotate, shear, shift of the defect region and its mask).
 ROTATE_DEGREES = 90.0        # angle ~ U(-90, 90) degrees about the defect's centroid
 SHEAR_DEGREES = 20.0         # shear angles ~ U(-20, 20) degrees along x and y
 # Bounded redraws: Aug2 until the moved defect overlaps its target area (EA), Perlin blobs
@@ -41,7 +41,7 @@ KIND_NAMES = ("normal", "EA", "SA")
 
 @dataclass
 class SynthesisConfig:
-    """How the online anomaly generation of PRN_SPEC section 7 mixes each batch.
+    """How the online anomaly generation of docs/model.md, "Anomaly synthesis" mixes each batch.
 
     Attributes:
         ea_fraction: share of each batch turned into extended anomalies (paper: 16 of 64).
@@ -113,7 +113,7 @@ class SynthesisConfig:
 
 
 def batch_composition(batch_size: int, cfg: SynthesisConfig | None = None) -> tuple[int, int, int]:
-    """Exact numbers of normal, EA and SA samples in a batch (PRN_SPEC: 32 + 16 + 16 of 64).
+    """Exact numbers of normal, EA and SA samples in a batch (docs/model.md, "Anomaly synthesis": 32 + 16 + 16 of 64).
 
     The ratio is exact in every batch, not only in expectation, so ``batch_size`` must make
     each share a whole number: with the default 2:1:1 mix, a multiple of 4.

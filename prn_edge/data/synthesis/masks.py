@@ -92,7 +92,7 @@ def target_area(batch: int, height: int, width: int, foreground: torch.Tensor,
     """Random target areas (TA): a circle, rectangle or polygon, intersected with the foreground.
 
     Each shape is centred on a random foreground pixel, so no area is ever empty. An empty
-    foreground mask means the whole image (the spec's foreground for texture classes).
+    foreground mask means the whole image (docs/model.md's foreground for texture classes).
 
     Args:
         batch: number of areas B.

@@ -1,4 +1,4 @@
-"""The anomaly synthesizer: normal batches -> normal + EA + SA training batches (PRN_SPEC section 7)."""
+"""The anomaly synthesizer: normal batches -> normal + EA + SA training batches (docs/model.md, "Anomaly synthesis")."""
 from __future__ import annotations
 
 import torch
@@ -35,7 +35,7 @@ from prn_edge.model.deployable import to_unit_float
 
 
 class AnomalySynthesizer:
-    """Turns batches of normal images into PRN training batches (PRN_SPEC section 7).
+    """Turns batches of normal images into PRN training batches (docs/model.md, "Anomaly synthesis").
 
     Args:
         seen_images: ``(S, 3, H, W)`` float [0, 1] seen anomalous images (removed from the
