@@ -93,3 +93,18 @@ def check_output_dir(out: str | os.PathLike, flag: str = "--out") -> Path:
     with contextlib.suppress(OSError):
         os.unlink(name)
     return out
+
+
+def make_output_dir(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """:func:`check_output_dir`, then create the folder (and its parents).
+
+    Raises:
+        PRNError: as :func:`check_output_dir`, or the folder cannot be created.
+    """
+    out = check_output_dir(out, flag)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PRNError(f"{out}: cannot create the output folder ({exc.strerror or exc}); choose another "
+                       f"{flag}") from exc
+    return out

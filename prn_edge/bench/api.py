@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prn_edge.errors import PRNError
+from prn_edge.io import make_output_dir
 
 __all__ = ["DEMO_MODEL", "DEMO_ROOT", "BenchResult", "bench", "demo_model"]
 
@@ -111,13 +112,7 @@ def _outputs(out, json_path, md_path, plot_path, model_dir: Path) -> tuple[Path 
     if out is None and not any(named):
         out = model_dir / "bench"
     if out is not None:
-        out = Path(out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise PRNError(f"{out}: exists and is not a folder (--out)")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PRNError(f"{out}: cannot create the output folder ({exc.strerror}); choose another --out") from exc
+        out = make_output_dir(out)
         named = [p or out / name for p, name in zip(named, ("bench.json", "bench.md", "bench.png"))]
     for flag, path in zip(("--json", "--md", "--plot"), named):
         if path is not None and not path.expanduser().parent.is_dir():

@@ -106,7 +106,7 @@ def inspect(model: str | os.PathLike, source: str, *, backend: str = "auto", pre
             output folder, bad arguments (one-line messages), all before the output folder exists.
     """
     from prn_edge.imaging.preprocess import RESIZE_POLICIES
-    from prn_edge.io import check_output_dir
+    from prn_edge.io import check_output_dir, make_output_dir
     from prn_edge.runtime.loader import BACKENDS, PRECISIONS, load_engine
     from prn_edge.runtime.loop import Backoff, InspectionLoop, stop_on_signals
     from prn_edge.runtime.pipeline import InspectConfig, Pipeline
@@ -147,10 +147,7 @@ def inspect(model: str | os.PathLike, source: str, *, backend: str = "auto", pre
             from prn_edge.runtime.view import LiveView
 
             live = LiveView(view, view_host)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PRNError(f"{out}: cannot create the output folder ({exc.strerror}) (--out)") from exc
+        make_output_dir(out)
         results = out / ("results.jsonl" if store == "jsonl" else "results.db")
         results_store = open_store(results, durability)
         images = (AnomalyImageWriter(out / "anomalies", int(max_image_mb * 1e6)) if max_image_mb > 0 else None)

@@ -244,14 +244,9 @@ def _device(name: str, dist_info):
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise PRNError(f"{out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PRNError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
-    if not os.access(out, os.W_OK):
-        raise PRNError(f"{out}: output folder is not writable")
+    from prn_edge.io import make_output_dir
+
+    make_output_dir(out)
     if not resume and (out / "train_state.pt").exists():
         raise PRNError(f"{out}: holds an earlier run (train_state.pt): pass --resume to continue it, "
                        "or choose another --out")
