@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prn_edge.contract.model_folder import resolve_model_folder
 from prn_edge.errors import PRNError
 
 __all__ = ["EXIT_INT8_GATE", "ExportResult", "export", "summary_text"]
@@ -33,9 +34,9 @@ class ExportResult:
     Attributes:
         out: the output folder.
         status: 0 ok, :data:`EXIT_INT8_GATE` when the INT8 model missed its gate and was left out.
-        report: the export report (as written to ``OUT/export_report.json``).
+        report: the export report (as written to the published version's ``export_report.json``).
         models: the ONNX file written per precision (``fp32``, ``fp16``, ``int8``).
-        files: every file in the output folder after the export.
+        files: every file of the published version (``OUT/versions/vNNNNNN/``).
     """
 
     out: Path
@@ -119,6 +120,7 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
         command=command)
     report, status = run_export(options, say)   # say None: run_export's own "prn-export: ..." lines on stderr
     folder = out.expanduser()
-    models = {p: folder / r["file"] for p, r in report.get("precisions", {}).items() if "file" in r}
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    published = resolve_model_folder(folder, verify=False).root           # the version just published
+    models = {p: published / r["file"] for p, r in report.get("precisions", {}).items() if "file" in r}
+    files = sorted(p for p in published.iterdir() if p.is_file())
     return ExportResult(out=folder, status=status, report=report, models=models, files=files)

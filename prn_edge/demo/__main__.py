@@ -188,12 +188,13 @@ def _evaluate(root: Path, data_dir: Path, ckpt: Path, steps: Steps) -> dict | No
     return json.loads((out / "metrics.json").read_text())
 
 
-def _onnx_checkpoint_sha(path: Path) -> str | None:
-    """The checkpoint hash recorded in an exported ONNX file's metadata (None if unreadable)."""
+def _onnx_checkpoint_sha(folder: Path) -> str | None:
+    """The checkpoint hash recorded in a model folder's FP32 ONNX (None if there is none or it is unreadable)."""
     try:
+        from prn_edge.contract.model_folder import resolve_model_folder
         from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
 
-        engine = OnnxRuntimeEngine(path, threads=1)
+        engine = OnnxRuntimeEngine(resolve_model_folder(folder).onnx("fp32"), threads=1)
     except PRNError:
         return None
     sha = engine.metadata.get("checkpoint_sha256")
@@ -207,7 +208,7 @@ def _export(root: Path, ckpt: Path, args, steps: Steps) -> Path:
     out = root / "model"
     sha = _sha256(ckpt)
     key = Steps.key("export", sha, args.int8_tolerance)
-    if steps.is_done("export", key) and _onnx_checkpoint_sha(out / "model.onnx") == sha:
+    if steps.is_done("export", key) and _onnx_checkpoint_sha(out) == sha:
         _say(f"done before: {out}")
         return out
     if out.exists():
@@ -219,7 +220,7 @@ def _export(root: Path, ckpt: Path, args, steps: Steps) -> Path:
     print(result.summary_text(), flush=True)
     if result.status == EXIT_INT8_GATE:   # everything else is written
         _say("the INT8 model missed prn-export's accuracy gate and was left out (see "
-             f"{out / 'export_report.md'}); FP32 is exported")
+             f"{result.files[0].parent / 'export_report.md'}); FP32 is exported")
     steps.mark("export", key)
     return out
 
@@ -265,7 +266,7 @@ def _inspect(root: Path, data_dir: Path, model_dir: Path, args, steps: Steps) ->
         frames = make_video(data_dir, video)
         _say(f"made {video}: {frames} frames of the test images, {VIDEO_FPS} FPS")
     out = root / "inspect"
-    key = Steps.key("inspect", _onnx_checkpoint_sha(model_dir / "model.onnx"), video.stat().st_size)
+    key = Steps.key("inspect", _onnx_checkpoint_sha(model_dir), video.stat().st_size)
     if steps.is_done("inspect", key):
         _say(f"done before: {out}")
         return
