@@ -2,28 +2,56 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from prn_edge.errors import PRNError
+from prn_edge.validate import check_number, describe_bounds
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
-    """Run ``body``; a :class:`PRNError` prints ``prog: error: message`` and returns 2.
+    """Run ``body`` as a command: every expected failure is one line on stderr and a documented status.
+
+    * :class:`PRNError` (bad input): ``prog: error: message``, status 2;
+    * :class:`OSError` (a full disk, a read-only or vanished output): ``prog: error: <file>: <reason>``,
+      status 2: the tools write atomically, so nothing half-written is left;
+    * Ctrl-C or SIGTERM (treated alike, so a service manager's stop saves what Ctrl-C saves):
+      ``prog: interrupted``, status 130.
 
     Anything else is an internal bug and keeps its traceback.
     """
+    previous = _sigterm_as_interrupt()
     try:
         return body()
     except PRNError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread; returns the handler it replaced (None elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -45,16 +73,31 @@ def positive_int(text: str) -> int:
     return value
 
 
-def bounded_float(unit: str, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
-    """argparse ``type=`` for a number of ``unit`` within [low, high], with a one-line usage error."""
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for thread counts and the like: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def bounded_float(unit: str, low: float | None = None, high: float | None = None, *,
+                  low_open: bool = False) -> Callable[[str], float]:
+    """argparse ``type=`` for a finite number of ``unit`` within [low, high] (``nan``, ``inf`` refused).
+
+    The check is :func:`prn_edge.validate.check_number`, the one the Python API uses.
+    """
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {unit}, got {text!r}") from None
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f">= {low:g}" if high is None else f"from {low:g} to {high:g}" if low is not None \
-                else f"<= {high:g}"
-            raise argparse.ArgumentTypeError(f"expected {unit} {bounds}, got {text!r}")
-        return value
+        try:
+            return check_number(unit, value, low=low, high=high, low_open=low_open, optional=False)
+        except PRNError:
+            detail = describe_bounds(low, high, low_open)
+            raise argparse.ArgumentTypeError(f"expected {unit}{detail}, got {text!r}") from None
     return parse

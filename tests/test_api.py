@@ -69,7 +69,14 @@ def test_train_writes_a_checkpoint_without_argv(tiny_category, tmp_path, monkeyp
     ({"config": "huge"}, "--config 'huge'"),
     ({"foreground": "sky"}, "--foreground 'sky'"),
     ({"snapshot_steps": "10,x"}, "--snapshot-steps"),
-    ({"preview": 0}, "--preview N needs N >= 1"),
+    ({"preview": 0}, "--preview expects a whole number >= 1"),
+    # Issue 14, D6/D7/D10: non-finite, negative and zero numbers are one-line errors, never defaults.
+    ({"lr": float("nan")}, "--lr expects a number > 0"),
+    ({"minutes": float("nan")}, "--minutes expects a number > 0"),
+    ({"minutes": float("inf")}, "--minutes expects a number > 0"),
+    ({"batch_size": 0}, "--batch-size expects a whole number >= 1"),
+    ({"threads": -1}, "--threads expects a whole number >= 0"),
+    ({"threshold_quantile": 2.0}, "--threshold-quantile expects a number from 0 to 1"),
 ])
 def test_train_rejects_bad_arguments_before_any_work(kwargs, message, tmp_path):
     from prn_edge.api import train

@@ -24,6 +24,7 @@ from typing import Any
 
 from prn_edge.errors import PRNError
 from prn_edge.io import make_output_dir
+from prn_edge.validate import check_number
 
 __all__ = ["DEMO_MODEL", "DEMO_ROOT", "BenchResult", "bench", "demo_model"]
 
@@ -175,9 +176,8 @@ def bench(model: str | os.PathLike | None = None, *, checkpoint: str | os.PathLi
     precisions = _names("precision", precisions, PRECISIONS)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise PRNError(f"--threads must be >= 0, got {threads}")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold)):
-        raise PRNError(f"--threshold must be a finite number, got {threshold!r}")
+    check_number("--threshold", threshold, low=0, high=1)      # a score is in [0, 1]
+    check_number("--threads", threads, low=0, integer=True)
     settings = BenchSettings(batches=_batches(batch), warmup_s=_seconds("--warmup", warmup),
                              duration_s=_seconds("--duration", duration), round_s=_seconds("--round", round),
                              frame_hw=_frame(frame), resize=resize, reference=reference,

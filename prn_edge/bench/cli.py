@@ -13,12 +13,11 @@ whatever this machine offers.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 from prn_edge.bench.api import DEMO_MODEL, DEMO_ROOT
-from prn_edge.cli import ArgumentParser, bounded_float, run_cli
+from prn_edge.cli import ArgumentParser, bounded_float, non_negative_int, run_cli
 
 PROG = "prn-bench"
 
@@ -55,16 +54,6 @@ def _frame(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {text!r}") from None
     return w, h
-
-
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per visit to one (engine, batch) cell in a round (default 0.3)")
     p.add_argument("--reference", default="torch:fp32", metavar="BACKEND:PRECISION",
                    help="what ratios refer to (default torch:fp32, PyTorch eager; else the first engine)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
+    p.add_argument("--threads", type=non_negative_int, default=0, metavar="N",
                    help="intra-op threads of PyTorch and ONNX Runtime (default 0: their default, all cores)")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="torch device of the PyTorch / CuPy-fused engines: cpu, cuda, cuda:N (default: cuda if "
@@ -117,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", type=_frame, default=(1280, 720), metavar="WxH",
                    help="camera frame size that preprocessing resizes (default 1280x720)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default="stretch", help="resize policy (default stretch)")
-    p.add_argument("--threshold", type=_threshold, default=None, metavar="FLOAT",
+    p.add_argument("--threshold", type=bounded_float("a score threshold", 0, 1), default=None, metavar="FLOAT",
                    help="decision threshold on the image score, for a model without a calibrated one "
                         "(default: the model's calibrated threshold)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",

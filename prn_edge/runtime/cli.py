@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from prn_edge.cli import ArgumentParser, positive_int, run_cli
+from prn_edge.cli import ArgumentParser, bounded_float, non_negative_int, positive_int, run_cli
 from prn_edge.runtime.api import EXIT_SOURCE_FAILED  # noqa: F401 - the exit status, documented here too
 
 PROG = "prn-inspect"
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"engine: {', '.join(BACKENDS)} (default auto: the best that loads here)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="model precision (default: FP16 for TensorRT, FP32 otherwise)")
-    p.add_argument("--threshold", type=float, default=None, metavar="T",
+    p.add_argument("--threshold", type=bounded_float("a score threshold", 0, 1), default=None, metavar="T",
                    help="decision threshold on the image score (default: the model's calibrated one)")
     p.add_argument("--out", type=Path, default=Path("prn-inspect-out"), metavar="DIR",
                    help="output folder (default ./prn-inspect-out; results accumulate across runs)")
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per frame)")
     p.add_argument("--max-image-mb", type=_non_negative_float, default=1024.0, metavar="MB",
                    help="cap on OUT/anomalies (oldest images removed first; 0 = no images; default 1024)")
-    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads of the engine (0 = default)")
+    p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help="CPU threads of the engine (0 = default)")
     p.add_argument("--device", default=None, help="torch device for the torch / cupy-fused backends")
     p.add_argument("--loop", action="store_true", help="image folder: start again after the last image")
     p.add_argument("--reconnect-attempts", type=int, default=None, metavar="N",

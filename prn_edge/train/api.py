@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prn_edge.errors import PRNError
+from prn_edge.validate import check_number
 
 __all__ = ["CPU_DEFAULT_BATCH", "CPU_DEFAULT_MINUTES", "DEFAULT_CACHE", "FOREGROUNDS", "TrainResult", "train"]
 
@@ -134,8 +135,23 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     _check_choice("--foreground", foreground, FOREGROUNDS)
     if steps is not None and minutes is not None:
         raise PRNError("give one training budget, --steps N or --minutes M, not both")
-    if preview is not None and preview < 1:
-        raise PRNError("--preview N needs N >= 1")
+    # The CLI's argument types check these too; the API checks them for Python callers.
+    for name, value, bounds in (("--steps", steps, {"low": 1, "integer": True}),
+                                ("--minutes", minutes, {"low": 0, "low_open": True}),
+                                ("--batch-size", batch_size, {"low": 1, "integer": True}),
+                                ("--msa-layers", msa_layers, {"low": 1, "integer": True}),
+                                ("--lr", lr, {"low": 0, "low_open": True, "optional": False}),
+                                ("--weight-decay", weight_decay, {"low": 0, "optional": False}),
+                                ("--seed", seed, {"integer": True, "optional": False}),
+                                ("--seen", seen, {"low": 0, "integer": True, "optional": False}),
+                                ("--calibration-fraction", calibration_fraction, {"low": 0, "high": 1,
+                                                                                  "optional": False}),
+                                ("--threshold-quantile", threshold_quantile, {"low": 0, "high": 1,
+                                                                              "optional": False}),
+                                ("--threads", threads, {"low": 0, "integer": True}),
+                                ("--save-every", save_every, {"low": 0, "low_open": True, "optional": False}),
+                                ("--preview", preview, {"low": 1, "integer": True})):
+        check_number(name, value, **bounds)
     snapshots = _snapshot_steps(snapshot_steps)
     data, out = Path(data), Path(out)
     cache = Path(cache)
@@ -159,7 +175,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     dist_info = DistInfo.from_env()
     dev = _device(device, dist_info)
     on_gpu = dev.type == "cuda"
-    batch_size = batch_size or (64 if on_gpu else CPU_DEFAULT_BATCH)
+    if batch_size is None:
+        batch_size = 64 if on_gpu else CPU_DEFAULT_BATCH
     model_config = get_config(config, backbone=backbone, residual=residual, msa_layers=msa_layers)
     synthesis = SynthesisConfig(use_ea=not no_ea, use_sa=not no_sa)
     progress = None if quiet or not dist_info.is_main else _tqdm_wrap

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from prn_edge.cli import ArgumentParser, run_cli
+from prn_edge.cli import ArgumentParser, bounded_float, non_negative_int, positive_int, run_cli
 from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES
 from prn_edge.train.api import (
     CPU_DEFAULT_BATCH,
@@ -45,19 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", type=Path, default=None,
                    help="ResNet-18 state dict (torchvision layout); default: the torch hub cache")
     p.add_argument("--residual", choices=RESIDUAL_MODES, default=None, help="override the residual (abs | square)")
-    p.add_argument("--msa-layers", type=int, default=None, help="override MSA layers per scale")
+    p.add_argument("--msa-layers", type=positive_int, default=None, help="override MSA layers per scale")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help="train for N optimiser steps")
-    budget.add_argument("--minutes", type=float, default=None, help="train for M minutes of wall clock")
-    p.add_argument("--batch-size", type=int, default=None,
+    budget.add_argument("--steps", type=positive_int, default=None, help="train for N optimiser steps")
+    budget.add_argument("--minutes", type=bounded_float("minutes", 0, low_open=True), default=None, help="train for M minutes of wall clock")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"images per step and process, a multiple of 4 (default: 64 on GPU, {CPU_DEFAULT_BATCH} on CPU)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=1e-2, help="Adam weight decay (default 1e-2)")
+    p.add_argument("--lr", type=bounded_float("a learning rate", 0, low_open=True), default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=bounded_float("a weight decay", 0), default=1e-2, help="Adam weight decay (default 1e-2)")
     p.add_argument("--seed", type=int, default=0, help="seed of splits, prototypes, synthesis (default 0)")
-    p.add_argument("--seen", type=int, default=10, help="seen anomalies drawn from test/ (default 10)")
-    p.add_argument("--calibration-fraction", type=float, default=0.1,
+    p.add_argument("--seen", type=non_negative_int, default=10, help="seen anomalies drawn from test/ (default 10)")
+    p.add_argument("--calibration-fraction", type=bounded_float("a fraction", 0, 1), default=0.1,
                    help="share of train/good held out to calibrate the threshold (default 0.1)")
-    p.add_argument("--threshold-quantile", type=float, default=1.0,
+    p.add_argument("--threshold-quantile", type=bounded_float("a quantile", 0, 1), default=1.0,
                    help="threshold = this quantile of the held-out normal scores (default 1.0: their maximum)")
     p.add_argument("--textures", type=Path, default=None,
                    help="DTD texture folder for heterologous anomalies (default: a 'dtd' folder near --data)")
@@ -67,15 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ea", action="store_true", help="ablation: no extended anomalies (their share goes to SA)")
     p.add_argument("--no-sa", action="store_true", help="ablation: no simulated anomalies (their share goes to EA)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--save-every", type=float, default=5.0, metavar="MIN",
+    p.add_argument("--save-every", type=bounded_float("minutes", 0, low_open=True), default=5.0, metavar="MIN",
                    help="save the training state every MIN minutes (default 5)")
     p.add_argument("--snapshot-steps", type=str, default="", metavar="S1,S2,...",
                    help="also write OUT/snapshots/checkpoint_step<S>.pt after S steps (learning curves)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help="foreground mask cache folder (default: ~/.cache/prn-edge/foreground)")
-    p.add_argument("--preview", type=int, default=None, metavar="N",
+    p.add_argument("--preview", type=positive_int, default=None, metavar="N",
                    help="do not train: write OUT/preview.png with N synthesized samples beside their masks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
