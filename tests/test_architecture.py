@@ -14,6 +14,7 @@ from conftest import REPO
 # docs/architecture.md, "Layers": a package may import packages of lower layers only.
 LAYERS = [
     ("errors",),
+    ("validate",),
     ("prn_edge", "io", "cli", "config", "provenance"),      # "prn_edge": the package's __init__
     ("contract", "imaging"),
     ("model", "kernels"),
