@@ -52,6 +52,8 @@ CASES = [
     ("prn_edge.export.cli", ["checkpoint.pt", "--tolerance", "nan"], "--tolerance"),
     ("prn_edge.runtime.cli", ["--model", "m", "--source", "s", "--threshold", "-1"], "--threshold"),
     ("prn_edge.runtime.cli", ["--model", "m", "--source", "s", "--threads", "-1"], "--threads"),
+    ("prn_edge.runtime.cli", ["--model", "m", "--source", "s", "--view", "99999"], "--view"),
+    ("prn_edge.bench.cli", ["--frame", "100000x100000"], "--frame"),
 ]
 
 
@@ -88,3 +90,16 @@ def test_sigterm_is_treated_like_ctrl_c():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED and proc.stderr == "prn-x: interrupted\n"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL      # this process's handler is untouched
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("synthetic:0x0", "width expects a whole number from 1 to 16384"),
+    ("synthetic:100000x100000", "from 1 to 16384, got 100000"),
+    ("synthetic:64x64@0", "FPS expects a number > 0"),
+])
+def test_bad_synthetic_sources_fail_before_anything_runs(spec, needle):
+    """Issue 14, D6: these raised ZeroDivisionError / MemoryError, and @0 left an empty run behind."""
+    from prn_edge.runtime.sources import open_source
+
+    with pytest.raises(PRNError, match=needle):
+        open_source(spec)

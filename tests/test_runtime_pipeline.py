@@ -140,3 +140,29 @@ def test_config_validation_and_file(tmp_path):
     pipe = Pipeline(MapEngine(), InspectConfig(roi=(100, 100, 50, 50)))
     with pytest.raises(PRNError, match="does not fit a 120x90 frame"):
         pipe(np.zeros((90, 120, 3), np.uint8))
+
+
+@pytest.mark.parametrize("frame, needle", [
+    (np.zeros((0, 0, 3), np.uint8), "non-empty"),
+    (np.zeros((0, 64, 3), np.uint8), "non-empty"),
+    (None, "got NoneType"),
+    ([[0, 0, 0]], "got list"),
+    ("frame.png", "got str"),
+    (np.full((48, 64, 3), np.nan, np.float32), "NaN or infinite"),
+    (np.full((48, 64, 3), 200.0), "values in \\[0, 1\\]"),     # float64 in 0..255: refused, not clipped
+])
+def test_unusable_frames_are_one_line_errors(frame, needle):
+    """Issue 14, D8: the runtime API promises PRNError for any frame it cannot judge."""
+    pipe = Pipeline(MapEngine())
+    with pytest.raises(PRNError, match=needle) as info:
+        pipe(frame)
+    assert "\n" not in str(info.value)
+    assert pipe.engine.seen == []                     # nothing reached the engine
+
+
+def test_float_frames_in_unit_range_are_judged_like_uint8():
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    pipe = Pipeline(MapEngine())
+    pipe(frame.astype(np.float64) / 255.0)
+    pipe(frame)
+    np.testing.assert_array_equal(pipe.engine.seen[0], pipe.engine.seen[1])

@@ -15,7 +15,6 @@ With no model it benchmarks the demo's (``python -m prn_edge.demo`` makes it).
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prn_edge.errors import PRNError
+from prn_edge.imaging.preprocess import check_frame_size
 from prn_edge.io import make_output_dir
 from prn_edge.validate import check_number
 
@@ -98,13 +98,12 @@ def _frame(value) -> tuple[int, int]:
         w, h = (int(v) for v in value.lower().split("x")) if isinstance(value, str) else (int(v) for v in value)
     except (TypeError, ValueError):
         raise PRNError(f"expected WIDTHxHEIGHT like 1280x720, got {value!r} (--frame)") from None
+    w, h = check_frame_size("--frame", w, h, low=16)
     return h, w
 
 
 def _seconds(flag: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PRNError(f"{flag} expects seconds >= 0, got {value!r}")
-    return float(value)
+    return float(check_number(flag, value, low=0, optional=False))
 
 
 def _outputs(out, json_path, md_path, plot_path, model_dir: Path) -> tuple[Path | None, Path | None, Path | None]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from prn_edge.bench.api import DEMO_MODEL, DEMO_ROOT
 from prn_edge.cli import ArgumentParser, bounded_float, non_negative_int, run_cli
+from prn_edge.errors import PRNError
+from prn_edge.imaging.preprocess import MAX_FRAME_SIDE, check_frame_size
 
 PROG = "prn-bench"
 
@@ -51,9 +53,10 @@ def _frame(text: str) -> tuple[int, int]:
     """``WxH`` -> (width, height), as :func:`prn_edge.bench.api.bench` takes it."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {text!r}") from None
-    return w, h
+        return check_frame_size("--frame", w, h, low=16)
+    except (ValueError, PRNError):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, each side from 16 to "
+                                         f"{MAX_FRAME_SIDE}, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

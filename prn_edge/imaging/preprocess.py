@@ -14,8 +14,18 @@ import numpy as np
 
 from prn_edge.errors import PRNError, require
 from prn_edge.imaging.read import to_rgb, to_uint8  # noqa: F401  (the one pixel conversion; re-exported)
+from prn_edge.validate import check_number
 
 RESIZE_POLICIES = ("stretch", "center-crop", "letterbox")
+#: The largest frame side a tool accepts (a 16K sensor); larger is a typo, not a camera.
+MAX_FRAME_SIDE = 16384
+
+
+def check_frame_size(flag: str, width, height, *, low: int = 1) -> tuple[int, int]:
+    """``(width, height)`` if both are whole numbers from ``low`` to :data:`MAX_FRAME_SIDE`, else a PRNError."""
+    for what, value in (("width", width), ("height", height)):
+        check_number(f"{flag} {what}", value, low=low, high=MAX_FRAME_SIDE, integer=True, optional=False)
+    return int(width), int(height)
 
 
 def _cv2():
@@ -93,7 +103,15 @@ def crop_roi(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.nda
 
 def prepare_frame(frame: np.ndarray, size: int, *, policy: str = "stretch", order: str = "BGR",
                   roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Camera/OpenCV frame -> the model's input: uint8 (size, size, 3) RGB."""
+    """Camera/OpenCV frame -> the model's input: uint8 (size, size, 3) RGB.
+
+    Raises:
+        PRNError: anything but a non-empty HxW or HxWxC image array, unusable pixels
+            (:func:`~prn_edge.imaging.read.to_uint8`), or a region of interest outside the frame.
+    """
+    if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or 0 in frame.shape:
+        got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise PRNError(f"a frame must be a non-empty HxW or HxWxC image array, got {got}")
     return resize_image(to_rgb(crop_roi(frame, roi), order), size, policy)
 
 

@@ -104,13 +104,25 @@ def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """8-bit pixels: 16-bit keeps its top 8 bits (rounded), float is taken as [0, 1]."""
+    """8-bit pixels: 16-bit keeps its top 8 bits (rounded), float must lie in [0, 1].
+
+    Raises:
+        PRNError: another pixel type, or a float image with non-finite values or values outside [0, 1].
+    """
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
         return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if image.dtype in (np.float32, np.float64):
-        return (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        # Refused rather than repaired: a NaN frame is a broken camera, and a float frame in
+        # 0..255 would be clipped to white without a word.
+        if not np.isfinite(image).all():
+            raise PRNError("the image has NaN or infinite pixel values")
+        low, high = float(image.min()), float(image.max())
+        if low < 0.0 or high > 1.0:
+            raise PRNError(f"float images must hold values in [0, 1], this one spans {low:g}..{high:g} "
+                           "(give 0..255 pixels as uint8)")
+        return (image * 255.0 + 0.5).astype(np.uint8)
     raise PRNError(f"unsupported pixel type {image.dtype} (use 8- or 16-bit images)")
 
 

@@ -14,6 +14,15 @@ import their own dependency (onnxruntime, tensorrt + cupy, torch) when they are 
 from prn_edge.contract.decision import decide
 from prn_edge.contract.engine import Engine
 from prn_edge.contract.model_folder import find_model_files
+from prn_edge.imaging.preprocess import (
+    RESIZE_POLICIES,
+    FrameGeometry,
+    crop_roi,
+    frame_geometry,
+    prepare_frame,
+    resize_image,
+    to_rgb,
+)
 from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
 from prn_edge.runtime.loader import BACKENDS, load_engine, plan_engines
 from prn_edge.runtime.loop import (
@@ -25,15 +34,6 @@ from prn_edge.runtime.loop import (
 )
 from prn_edge.runtime.pipeline import Batch, Detection, InspectConfig, Pipeline
 from prn_edge.runtime.postprocess import Region, find_regions, render_overlay
-from prn_edge.imaging.preprocess import (
-    RESIZE_POLICIES,
-    FrameGeometry,
-    crop_roi,
-    frame_geometry,
-    prepare_frame,
-    resize_image,
-    to_rgb,
-)
 from prn_edge.runtime.sources import (
     Frame,
     Source,

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prn_edge.validate import check_number
 from prn_edge.errors import PRNError
+from prn_edge.validate import check_number
 
 __all__ = ["EXIT_SOURCE_FAILED", "InspectResult", "inspect", "list_backends"]
 
@@ -137,6 +137,7 @@ def inspect(model: str | os.PathLike, source: str, *, backend: str = "auto", pre
     check_number("--threshold", threshold, low=0, high=1)      # a score is in [0, 1]
     check_number("--threads", threads, low=0, integer=True)
     check_number("--max-image-mb", max_image_mb, low=0)
+    check_number("--view", view, low=1, high=65535, integer=True)
     overrides = {"resize": resize, "roi": roi, "threshold": threshold}
     settings = (InspectConfig.from_file(config, **overrides) if config is not None
                 else InspectConfig(**{k: v for k, v in overrides.items() if v is not None}))

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prn_edge.contract.engine import Engine
-from prn_edge.contract.model_folder import CHECKPOINT, PRECISIONS, ModelFiles, find_model_files
+from prn_edge.contract.model_folder import (
+    CHECKPOINT,
+    PRECISIONS,
+    ModelFiles,
+    find_model_files,
+)
 from prn_edge.errors import PRNError, first_line
 from prn_edge.runtime.backends.onnxruntime import PROVIDERS
 

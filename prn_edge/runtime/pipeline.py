@@ -21,13 +21,13 @@ import numpy as np
 from prn_edge.contract.decision import decide, resolve_threshold
 from prn_edge.contract.engine import DEVICE_STAGES, Engine
 from prn_edge.errors import PRNError
-from prn_edge.runtime.postprocess import Region, find_regions, render_overlay
 from prn_edge.imaging.preprocess import (
     RESIZE_POLICIES,
     FrameGeometry,
     frame_geometry,
     prepare_frame,
 )
+from prn_edge.runtime.postprocess import Region, find_regions, render_overlay
 
 __all__ = ["STAGES", "Batch", "Detection", "InspectConfig", "Pipeline"]
 
@@ -186,16 +186,13 @@ class Pipeline:
         Raises:
             PRNError: an unusable frame, or a region of interest outside it.
         """
-        if len(frames) == 0:
-            raise PRNError("no frames to judge")
+        if isinstance(frames, (str, bytes)) or not hasattr(frames, "__len__") or len(frames) == 0:
+            raise PRNError(f"give a non-empty list of frames, got {type(frames).__name__}")
         batch = np.empty((len(frames), self.size, self.size, 3), np.uint8)
         geometries = []
         for i, frame in enumerate(frames):
-            if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
-                got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-                raise PRNError(f"a frame must be an HxW or HxWxC image array, got {got}")
-            geometries.append(self.geometry(*frame.shape[:2]))
             batch[i] = prepare_frame(frame, self.size, policy=self.config.resize, order=order, roi=self.config.roi)
+            geometries.append(self.geometry(*frame.shape[:2]))
         return batch, geometries
 
     def judge(self, images: np.ndarray, geometries: list[FrameGeometry | None] | None = None, *,

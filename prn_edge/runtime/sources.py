@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from prn_edge.errors import PRNError, require
+from prn_edge.imaging.preprocess import check_frame_size
 from prn_edge.imaging.read import IMAGE_EXTENSIONS, list_images, read_image
+from prn_edge.validate import check_number
 
 __all__ = [
     "CaptureSource",
@@ -328,7 +330,9 @@ def open_source(spec: str, *, loop: bool = False, timeout_s: float = 10.0) -> So
         if not m:
             raise PRNError(f"bad synthetic source {spec!r}: synthetic, synthetic:WxH or synthetic:WxH@FPS")
         w, h, fps = m.groups()
-        return SyntheticSource(shape=(int(h or 240), int(w or 320)), fps=float(fps) if fps else None)
+        width, height = check_frame_size("--source synthetic:WxH", int(w or 320), int(h or 240))
+        rate = check_number("--source synthetic:WxH@FPS", float(fps) if fps else None, low=0, low_open=True)
+        return SyntheticSource(shape=(height, width), fps=rate)
     if spec.startswith("gst:"):
         return CaptureSource(spec[4:].strip(), "gstreamer", timeout_s=timeout_s)
     if spec.lower().startswith(URL_SCHEMES):

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from prn_edge.errors import PRNError, first_line, require
 from prn_edge.contract.engine import Engine
+from prn_edge.errors import PRNError, first_line, require
 
 __all__ = ["TensorRTEngine"]
 

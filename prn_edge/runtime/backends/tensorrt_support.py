@@ -19,7 +19,6 @@ from typing import Any
 from prn_edge.contract.model_folder import ModelFolder
 from prn_edge.errors import PRNError, first_line
 
-
 PLUGIN_LIBRARY_ENV = "PRN_EDGE_PLUGIN_LIB"
 PLUGIN_LIBRARY_NAME = "libprn_edge_plugins.so"
 SIDECAR_FORMAT = "prn-edge-engine"
