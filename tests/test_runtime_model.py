@@ -208,9 +208,9 @@ def test_prn_inspect_on_the_bottle_video_decides_like_the_model(bottle_model, tm
     assert "8 frames inspected" in printed.out and "FPS" in printed.out and "p99" in printed.out
     assert f"{bottle_model.anomalous.sum()} anomalous frame(s)" in printed.out
 
-    # Overrides: a threshold above every score makes every frame normal; --max-frames stops early.
+    # Overrides: the highest threshold (a score is in [0, 1]) makes every frame normal; --max-frames stops early.
     code = main(["--model", str(bottle_model.folder), "--source", str(bottle_model.video), "--backend", backend,
-                 "--out", str(out), "--threads", "1", "--threshold", "2", "--max-frames", "3", "--store", "jsonl"])
+                 "--out", str(out), "--threads", "1", "--threshold", "1", "--max-frames", "3", "--store", "jsonl"])
     assert code == 0
     from prn_edge.runtime import read_jsonl
     frames = [r for r in read_jsonl(out / "results.jsonl") if r["type"] == "frame"]
@@ -265,7 +265,8 @@ def test_prn_inspect_user_errors_are_one_line_and_write_nothing(bottle_model, tm
         (good + ["--roi", "1,2,3"], "expected x,y,w,h"),
         (good + ["--backend", "tflite"], "invalid choice"),
         (good[:2] + good[4:], "required: --source"),
-        (good + ["--threshold", "nan"], "finite"),
+        (good + ["--threshold", "nan"], "from 0 to 1"),
+        (good + ["--threshold", "2"], "from 0 to 1"),
         (good + ["--source", "/dev/video97"], "cannot open the device"),
     ]
     for argv, message in cases:

@@ -99,7 +99,8 @@ def test_preview_writes_a_grid(tiny_category, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"--data": "/nonexistent/folder"}, "data folder does not exist"),
     ({"--batch-size": "6"}, "multiple of 4"),
-    ({"--steps": "0"}, "--steps must be >= 1"),
+    ({"--steps": "0"}, "argument --steps: expected a positive integer"),
+    ({"--lr": "nan"}, "argument --lr: expected a learning rate > 0"),
     ({"--resume": None}, "nothing to resume"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_category, tmp_path, capsys, change, message):
@@ -108,7 +109,11 @@ def test_bad_input_is_one_line_and_exit_2(tiny_category, tmp_path, capsys, chang
                     "--cache": str(tmp_path / "cache")})
     options.update(change)
     argv = [x for key, value in options.items() for x in ((key,) if value is None else (key, value))]
-    assert train_main(argv + ["--quiet"]) == 2
+    try:
+        code = train_main(argv + ["--quiet"])
+    except SystemExit as exc:            # argparse usage errors (bad numbers)
+        code = exc.code
+    assert code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prn-train: error:")]
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
@@ -128,3 +133,26 @@ def test_ddp_two_processes_with_gloo(tiny_category, tmp_path):
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt.metadata["training"]["world_size"] == 2 and ckpt.metadata["training"]["steps"] == 2
     assert ckpt.metadata["training"]["epochs"] == pytest.approx(2 * 4 * 2 / 8)
+
+
+def test_sigterm_saves_the_state_as_ctrl_c_does(tiny_category, tmp_path):
+    """Issue 14, D10: a service manager's stop (SIGTERM) used to lose the run; now it saves the state."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [a if a != "none-cache" else str(tmp_path / "cache") for a in FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "prn_edge.train.cli", "--data", str(tiny_category), "--out",
+                             str(out), "--steps", "100000", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:                      # the budget line: the optimisation loop starts next
+            if "budget:" in line:
+                break
+        time.sleep(3)                                 # a few steps in
+        proc.send_signal(signal.SIGTERM)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 2
+    finally:
+        proc.kill()
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err, err
+    assert (out / "train_state.pt").is_file() and not list(out.glob("*.tmp"))
