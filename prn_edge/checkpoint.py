@@ -17,6 +17,7 @@ newer format) is a :class:`CheckpointError` whose one-line message names the fil
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -32,6 +33,7 @@ from prn_edge import __version__
 from prn_edge.config import PRNConfig
 from prn_edge.errors import CheckpointError, PRNError, first_line
 from prn_edge.io import atomic_write, file_sha256
+from prn_edge.validate import check_number
 
 FORMAT = "prn-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -98,6 +100,8 @@ def save_checkpoint(path: str | os.PathLike, model, *, threshold: float | None =
     Raises:
         PRNError: metadata that is not plain data, or an unwritable destination.
     """
+    # A score is in [0, 1]; a NaN threshold would be saved, evaluated and exported as invalid JSON.
+    check_number("the decision threshold", threshold, low=0, high=1)
     state_dict = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     meta = {"prn_edge_version": __version__, "torch_version": str(torch.__version__), **(metadata or {})}
     payload = {
@@ -169,8 +173,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except PRNError as exc:
         raise CheckpointError(f"{path}: invalid config: {exc}") from exc
     threshold = payload.get("threshold")
-    if threshold is not None and not isinstance(threshold, (int, float)):
-        raise CheckpointError(f"{path}: malformed checkpoint: threshold is a {type(threshold).__name__}")
+    if threshold is not None and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)
+                                  or not math.isfinite(threshold)):
+        raise CheckpointError(f"{path}: malformed checkpoint: threshold is {threshold!r}, not a finite number")
     return Checkpoint(path=path, config=config, state_dict=state_dict,
                       normalization=payload["normalization"],
                       threshold=None if threshold is None else float(threshold),

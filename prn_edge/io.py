@@ -47,6 +47,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     fsync_dir(folder)
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, *names: str) -> list[Path]:
+    """Remove the temporaries :func:`atomic_write` leaves when its process is killed (``.NAME.*.tmp``).
+
+    Only for a folder one process owns (a training run's ``--out``); returns what was removed.
+    """
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -76,7 +76,7 @@ def test_train_writes_a_checkpoint_without_argv(tiny_category, tmp_path, monkeyp
     ({"minutes": float("inf")}, "--minutes expects a number > 0"),
     ({"batch_size": 0}, "--batch-size expects a whole number >= 1"),
     ({"threads": -1}, "--threads expects a whole number >= 0"),
-    ({"threshold_quantile": 2.0}, "--threshold-quantile expects a number from 0 to 1"),
+    ({"threshold_quantile": 2.0}, "--threshold-quantile expects a number from 0 to 1 \\(not 0\\)"),
 ])
 def test_train_rejects_bad_arguments_before_any_work(kwargs, message, tmp_path):
     from prn_edge.api import train

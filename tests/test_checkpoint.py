@@ -162,3 +162,20 @@ def test_arbitrary_pickle_is_refused_and_never_executed(tmp_path):
         assert str(path) in str(info.value) and "\n" not in str(info.value)
         assert not marker.exists(), "the pickle was executed"
     assert "refused" in str(info.value) or "not a readable checkpoint" in str(info.value)
+
+
+def test_a_threshold_that_is_not_a_score_is_never_saved_nor_loaded(model, tmp_path):
+    """Issue 14, D4: a NaN threshold used to be saved, evaluated and exported (as invalid JSON)."""
+    import math
+
+    for bad in (float("nan"), float("inf"), -1.0, 2.0):
+        with pytest.raises(PRNError, match="the decision threshold expects a number from 0 to 1"):
+            save_checkpoint(tmp_path / "bad.pt", model, threshold=bad)
+    assert not (tmp_path / "bad.pt").exists()
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model, threshold=0.5)
+    payload = torch.load(path, weights_only=True)
+    payload["threshold"] = math.nan                  # written by an older version, or edited
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="threshold is nan, not a finite number"):
+        load_checkpoint(path)

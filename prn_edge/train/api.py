@@ -146,7 +146,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
                                 ("--seen", seen, {"low": 0, "integer": True, "optional": False}),
                                 ("--calibration-fraction", calibration_fraction, {"low": 0, "high": 1,
                                                                                   "optional": False}),
-                                ("--threshold-quantile", threshold_quantile, {"low": 0, "high": 1,
+                                ("--threshold-quantile", threshold_quantile, {"low": 0, "low_open": True, "high": 1,
                                                                               "optional": False}),
                                 ("--threads", threads, {"low": 0, "integer": True}),
                                 ("--save-every", save_every, {"low": 0, "low_open": True, "optional": False}),

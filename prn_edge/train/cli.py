@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seen", type=non_negative_int, default=10, help="seen anomalies drawn from test/ (default 10)")
     p.add_argument("--calibration-fraction", type=bounded_float("a fraction", 0, 1), default=0.1,
                    help="share of train/good held out to calibrate the threshold (default 0.1)")
-    p.add_argument("--threshold-quantile", type=bounded_float("a quantile", 0, 1), default=1.0,
+    p.add_argument("--threshold-quantile", type=bounded_float("a quantile", 0, 1, low_open=True), default=1.0,
                    help="threshold = this quantile of the held-out normal scores (default 1.0: their maximum)")
     p.add_argument("--textures", type=Path, default=None,
                    help="DTD texture folder for heterologous anomalies (default: a 'dtd' folder near --data)")

@@ -25,7 +25,7 @@ from prn_edge.data.synthesis import (
     batch_composition,
 )
 from prn_edge.errors import CheckpointError, PRNError, first_line
-from prn_edge.io import atomic_write
+from prn_edge.io import atomic_write, remove_stale_temporaries
 from prn_edge.model import PRN
 from prn_edge.model.deployable import to_unit_float
 from prn_edge.model.loss import prn_loss
@@ -226,6 +226,8 @@ class Trainer:
     def run(self, resume: bool = False) -> Path | None:
         """Train to the budget and write ``checkpoint.pt``; returns its path (rank 0)."""
         state_path = self.out_dir / STATE_FILE
+        if self.dist.is_main:   # what a killed run's atomic writes left behind (issue 14, D9)
+            remove_stale_temporaries(self.out_dir, STATE_FILE, CHECKPOINT)
         if resume:
             if not state_path.exists():
                 raise PRNError(f"{state_path}: nothing to resume (no training state in {self.out_dir})")
