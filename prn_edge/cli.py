@@ -62,26 +62,21 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts: a one-line usage error for anything but an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _whole_number(low: int, words: str) -> Callable[[str], int]:
+    """argparse ``type=`` for an integer >= ``low``, with a one-line usage error naming ``words``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse ``type=`` for thread counts and the like: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+positive_int = _whole_number(1, "a positive integer")       # counts
+non_negative_int = _whole_number(0, "an integer >= 0")     # thread counts (0: the library's default)
 
 
 def bounded_float(unit: str, low: float | None = None, high: float | None = None, *,
