@@ -100,7 +100,7 @@ def run_export(options: ExportOptions, say: Callable[[str], None] | None = None)
         finally:
             shutil.rmtree(staging, ignore_errors=True)                # gone already when published
             with contextlib.suppress(OSError):
-                (staging.parent).rmdir()                              # versions/, if nothing was published
+                staging.parent.rmdir()                                # versions/, if nothing was published
     return report, status
 
 

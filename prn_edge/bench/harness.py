@@ -237,7 +237,6 @@ class _Runner:
         self.size = int(engine.image_size)
         self.pipeline = Pipeline(engine, InspectConfig(resize=settings.resize, threshold=settings.threshold),
                                  require_threshold=settings.require_threshold, clock=clock)
-        self.threshold = self.pipeline.threshold
 
     def iterate(self, batch: int) -> dict[str, float]:
         """One timed iteration; seconds per stage (NaN for stages that do not exist here)."""
@@ -310,7 +309,7 @@ def run_benchmark(engines: Sequence[tuple[str, Callable[[], Any]]], settings: Be
                                 "warm-up; engines loaded one after another in one process"}
             runners.append(runner)
             runs.append(EngineRun(key=key, name=engine.name, describe=engine.describe(), memory=memory,
-                                  threshold=runner.threshold))
+                                  threshold=runner.pipeline.threshold))
 
         cells = [CellResult(key, b) for key in keys for b in batches]
         runner_of = dict(zip(keys, runners))

@@ -140,7 +140,7 @@ def recorded_checkpoint(folder: str | os.PathLike, layout: ModelFolder | None = 
     root = Path(folder).expanduser()
     layout = layout or resolve_model_folder(root)
     recorded, expected = _recorded(layout)
-    candidates = [(root / CHECKPOINT, "the model folder")]
+    candidates = [(ModelFolder(root).checkpoint, "the model folder")]
     if recorded:
         path = Path(recorded).expanduser()
         candidates.append((path if path.is_absolute() else root / path, "the export's record"))
