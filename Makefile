@@ -39,10 +39,10 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 	--out $(BOTTLE_EXPORT) --results $(RESULTS) --threads $(THREADS) --latency-rounds 30
 
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
-	results-emulator-mutations results-runtime-gpu
+	results-emulator-mutations results-runtime-gpu results-reliability
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
-results: results-model-size results-accuracy results-export results-bench
+results: results-model-size results-accuracy results-export results-bench results-reliability
 
 results-model-size: install                     # model_size.{md,json}; ~30 s, no data
 	$(PY) benchmarks/model_size.py --k 21 --out $(RESULTS)
@@ -68,6 +68,9 @@ results-bench: $(BOTTLE_EXPORT)/export_report.json install   # bench_bottle.{jso
 	$(VENV)/bin/prn-bench --model $(BOTTLE_EXPORT) --checkpoint $(BOTTLE_CKPT) --batch 1,8 --duration 30 \
 		--threads $(THREADS) --precisions fp32,fp16,int8 --json $(RESULTS)/bench_bottle.json \
 		--md $(RESULTS)/bench_bottle.md --plot $(RESULTS)/bench_bottle.png
+
+results-reliability: install                    # reliability.md; ~7 min: the chaos suite, kills included
+	$(PY) benchmarks/reliability.py --out $(RESULTS)/reliability.md
 
 results-kernels: install                        # kernels.md; ~80 s, needs nvcc (no GPU)
 	$(PY) benchmarks/kernel_resources.py --out $(RESULTS)/kernels.md

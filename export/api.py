@@ -19,6 +19,7 @@ from typing import Any
 
 from prn_edge.contract.model_folder import resolve_model_folder
 from prn_edge.errors import PRNError
+from prn_edge.validate import MAX_SEED, MAX_THREADS, check_number
 
 __all__ = ["EXIT_INT8_GATE", "ExportResult", "export", "summary_text"]
 
@@ -97,7 +98,8 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
         PRNError: bad input (nothing written), or a failing step (the output folder as before).
     """
     _positive_int("--calib-count", calib_count)
-    _positive_int("--threads", threads)
+    check_number("--threads", threads, low=1, high=MAX_THREADS, integer=True, optional=False)
+    check_number("--seed", seed, low=0, high=MAX_SEED, integer=True, optional=False)
     _positive_int("--latency-rounds", latency_rounds)
     _positive_int("--max-batch", max_batch)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) \

@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from prn_edge.cli import ArgumentParser, bounded_float, positive_int, run_cli
+from prn_edge.cli import ArgumentParser, bounded_float, positive_int, positive_thread_count, run_cli, seed_number
 
 PROG = "prn-export"
 
@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "trained on; its seen anomalies are left out)")
     p.add_argument("--tolerance", type=bounded_float("points", 0, 100), default=0.5, metavar="POINTS",
                    help="INT8 accuracy gate in percentage points (default 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default 0)")
-    p.add_argument("--threads", type=positive_int, default=2, metavar="N",
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of the calibration draw (default 0)")
+    p.add_argument("--threads", type=positive_thread_count, default=2, metavar="N",
                    help="CPU threads for PyTorch and ONNX Runtime (default 2)")
     p.add_argument("--latency-rounds", type=positive_int, default=15, metavar="N",
                    help="interleaved latency rounds (default 15)")

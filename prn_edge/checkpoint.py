@@ -17,6 +17,7 @@ newer format) is a :class:`CheckpointError` whose one-line message names the fil
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import pickle
@@ -116,9 +117,21 @@ def save_checkpoint(path: str | os.PathLike, model, *, threshold: float | None =
         "metadata": meta,
     }
     _check_plain(payload, "checkpoint")
+    return save_torch_atomic(path, payload)
+
+
+def save_torch_atomic(path: str | Path, obj: Any) -> str:
+    """``torch.save`` to ``path`` atomically; returns the SHA-256 of the bytes written.
+
+    Serialised in memory first: torch's zip writer reports a failed write (a full disk) as a bare
+    RuntimeError ("unexpected pos"), while a plain write raises the OSError that names ``path``.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
     with atomic_write(path) as handle:
-        torch.save(payload, handle)
-    return file_sha256(path)
+        handle.write(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 
 from prn_edge.errors import PRNError
-from prn_edge.validate import check_number, describe_bounds
+from prn_edge.validate import MAX_COUNT, MAX_SEED, MAX_THREADS, check_number, describe_bounds
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -62,21 +62,24 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def _whole_number(low: int, words: str) -> Callable[[str], int]:
-    """argparse ``type=`` for an integer >= ``low``, with a one-line usage error naming ``words``."""
+def _whole_number(low: int, high: int, words: str) -> Callable[[str], int]:
+    """argparse ``type=`` for an integer in [low, high], with a one-line usage error naming ``words``."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low:
+        if value is None or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
         return value
     return parse
 
 
-positive_int = _whole_number(1, "a positive integer")       # counts
-non_negative_int = _whole_number(0, "an integer >= 0")     # thread counts (0: the library's default)
+positive_int = _whole_number(1, MAX_COUNT, "a positive integer")          # counts
+non_negative_int = _whole_number(0, MAX_COUNT, "an integer >= 0")
+thread_count = _whole_number(0, MAX_THREADS, f"a thread count from 0 (the library's default) to {MAX_THREADS}")
+positive_thread_count = _whole_number(1, MAX_THREADS, f"a thread count from 1 to {MAX_THREADS}")
+seed_number = _whole_number(0, MAX_SEED, f"a seed from 0 to {MAX_SEED}")
 
 
 def bounded_float(unit: str, low: float | None = None, high: float | None = None, *,

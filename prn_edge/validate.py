@@ -11,7 +11,14 @@ import numbers
 
 from prn_edge.errors import PRNError
 
-__all__ = ["check_number", "describe_bounds"]
+__all__ = ["MAX_COUNT", "MAX_SEED", "MAX_THREADS", "check_number", "describe_bounds"]
+
+#: Counts (steps, frames, images) beyond this overflow the C ints of the libraries they reach.
+MAX_COUNT = 2**31 - 1
+#: Seeds: NumPy's and PyTorch's generators both take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+#: Thread counts: more than this is a typo, and PyTorch overflows on far bigger ones.
+MAX_THREADS = 1024
 
 
 def check_number(name: str, value, *, low: float | None = None, high: float | None = None,

@@ -49,3 +49,42 @@ def _few_threads():
     torch.set_num_threads(min(prev, 2))
     yield
     torch.set_num_threads(prev)
+
+
+def small_checkpoint(path: Path, seed: int) -> Path:
+    """A small PRN checkpoint (128 px, untrained EfficientNet-Lite0 encoder, random prototypes and head).
+
+    For tests of what the tools do with files (export, publish, kill, full disks), where what the
+    model has learnt does not matter; two seeds give two different checkpoints.
+    """
+    import torch
+
+    from prn_edge.checkpoint import save_checkpoint
+    from prn_edge.config import get_config
+    from prn_edge.model import PRN
+    from prn_edge.model.backbones import build_backbone
+    from prn_edge.model.random_head import randomize_head
+
+    torch.manual_seed(seed)
+    model = PRN(get_config("edge", image_size=128, decoder_resolution=32),
+                backbone=build_backbone("efficientnet_lite0", weights="none")).eval()
+    for bank in model.banks:
+        bank.set(torch.rand(2, bank.dim))
+    randomize_head(model, seed=seed, gain=1.0)
+    save_checkpoint(path, model, threshold=0.5)
+    return path
+
+
+def record_outcome(category: str, case: str, tool: str, status: int | None, message: str) -> None:
+    """Append one observed outcome to ``$PRN_RELIABILITY_LOG`` (JSON lines), when it is set.
+
+    ``benchmarks/reliability.py`` runs the chaos tests with it set and renders the table of
+    ``benchmarks/results/reliability.md`` from what the tests saw, never from a list typed by hand.
+    """
+    import json
+
+    log = os.environ.get("PRN_RELIABILITY_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"category": category, "case": case, "tool": tool, "status": status,
+                                     "message": message}) + "\n")

@@ -75,7 +75,7 @@ def test_train_writes_a_checkpoint_without_argv(tiny_category, tmp_path, monkeyp
     ({"minutes": float("nan")}, "--minutes expects a number > 0"),
     ({"minutes": float("inf")}, "--minutes expects a number > 0"),
     ({"batch_size": 0}, "--batch-size expects a whole number >= 1"),
-    ({"threads": -1}, "--threads expects a whole number >= 0"),
+    ({"threads": -1}, "--threads expects a whole number from 0 to 1024"),
     ({"threshold_quantile": 2.0}, "--threshold-quantile expects a number from 0 to 1 \\(not 0\\)"),
 ])
 def test_train_rejects_bad_arguments_before_any_work(kwargs, message, tmp_path):
@@ -187,7 +187,7 @@ def test_bench_measures_and_writes_the_reports(model_dir, tmp_path):  # noqa: F8
     ({"batch": "1,x"}, "not a valid batch size"),
     ({"backends": "tpu"}, "unknown backend 'tpu'"),
     ({"duration": -1}, "--duration"),
-    ({"threads": -1}, "--threads must be >= 0"),
+    ({"threads": -1}, "--threads expects a whole number from 0 to 1024"),
     ({"threshold": float("nan")}, "--threshold"),
 ])
 def test_bench_rejects_bad_arguments(kwargs, message, tmp_path):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, record_outcome, small_checkpoint
 
 from prn_edge.contract.model_folder import (
     MANIFEST,
@@ -185,29 +185,11 @@ def _state(out: Path) -> str | None:
 
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnx_graphsurgeon")
-    from prn_edge.checkpoint import save_checkpoint
-    from prn_edge.config import get_config
-    from prn_edge.model import PRN
-    from prn_edge.model.backbones import build_backbone
-    from prn_edge.model.random_head import randomize_head
-
     root = tmp_path_factory.mktemp("ckpts")
-    paths = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        # A small model (128 px, untrained encoder): the export's steps are what is under test.
-        model = PRN(get_config("edge", image_size=128, decoder_resolution=32),
-                    backbone=build_backbone("efficientnet_lite0", weights="none")).eval()
-        for bank in model.banks:
-            bank.set(torch.rand(2, bank.dim))
-        randomize_head(model, seed=seed, gain=1.0)
-        path = root / f"checkpoint_{seed}.pt"
-        save_checkpoint(path, model, threshold=0.5)
-        paths.append(path)
-    return paths
+    return [small_checkpoint(root / f"checkpoint_{seed}.pt", seed) for seed in (1, 2)]
 
 
 @pytest.mark.slow
@@ -243,12 +225,17 @@ def test_kill_9_anywhere_in_prn_export_leaves_the_old_or_the_new_export(two_chec
         assert state in (sha_a, sha_b), f"kill at step {k}: a mixed export"
         assert code in (-signal.SIGKILL, 0), err
         outcomes.append((k, code, "new" if state == sha_b else "old"))
+        record_outcome("kill -9", f"prn-export B over A, killed at file-system step {k} of {total}", "prn-export",
+                       code, f"the folder holds wholly the {'new' if state == sha_b else 'old'} export")
         if state == sha_b:
             back_to_a()
     for fraction in (rng.uniform(0.2, 0.95), rng.uniform(0.2, 0.95)):  # and at moments in time
         back_to_a()
         code, _, err = _run_export(b, out, kill_after=fraction * duration)
-        assert _state(out) in (sha_a, sha_b)
+        state = _state(out)
+        assert state in (sha_a, sha_b)
+        record_outcome("kill -9", f"prn-export B over A, killed after {fraction:.0%} of its run time", "prn-export",
+                       code, f"the folder holds wholly the {'new' if state == sha_b else 'old'} export")
     killed = [o for o in outcomes if o[1] == -signal.SIGKILL]
     assert len(killed) >= 20, outcomes
     assert {"old", "new"} <= {o[2] for o in killed}, outcomes     # kills landed before and after the switch

@@ -34,6 +34,7 @@ from prn_edge.runtime import (
     SQLiteStore,
     SyntheticSource,
     open_source,
+    open_store,
     read_jsonl,
 )
 from prn_edge.runtime.sources import (
@@ -157,6 +158,56 @@ def test_memory_stays_flat_over_thousands_of_frames(tmp_path):
     files = list((tmp_path / "img").iterdir())
     assert sum(f.stat().st_size for f in files) <= 60_000 and s.images_evicted > 0
     assert not [f for f in files if f.name.startswith(".")]
+
+
+@pytest.mark.parametrize("store_name", ["r.db", "r.jsonl"])
+def test_records_never_name_an_image_the_cap_removed(tmp_path, store_name):
+    """Issue 14, D10: 35 of 39 records named images the size cap had deleted. Now a record's image
+    is on disk, or the record says none (SQLite: UPDATE; JSONL: an ``images_removed`` record)."""
+    source = SyntheticSource(frames([250] * 40, (120, 160)), count=40)      # every frame anomalous
+    images = AnomalyImageWriter(tmp_path / "img", max_bytes=30_000, backlog=64)
+    loop = InspectionLoop(Pipeline(FakeEngine(size=64)), source, open_store(tmp_path / store_name),
+                          images=images)
+    s = loop.run()
+    loop.store.close()
+    if store_name.endswith(".db"):
+        rows = [r[0] for r in sqlite3.connect(tmp_path / store_name).execute("SELECT image FROM frames")]
+    else:
+        rows = [r["image"] for r in read_jsonl(tmp_path / store_name) if r["type"] == "frame"]
+    named = [r for r in rows if r is not None]
+    on_disk = {p.name for p in (tmp_path / "img").iterdir()}
+    assert len(rows) == 40 and s.images_evicted > 0
+    assert named and set(named) <= on_disk, sorted(set(named) - on_disk)
+    # Every pair on disk is named by its record: the cap removes frame and overlay together.
+    assert {n for n in on_disk if n.endswith("_overlay.jpg")} == set(named)
+    assert {n.replace("_frame.png", "_overlay.jpg") for n in on_disk if n.endswith("_frame.png")} == set(named)
+
+
+def test_a_failed_image_write_is_not_named_by_its_record(tmp_path, monkeypatch):
+    """A full disk for the images: the frames are recorded, without an image, and half a pair never stays."""
+    import errno
+
+    import prn_edge.runtime.store as store_module
+
+    real_atomic_write = store_module.atomic_write
+
+    def full_on_odd_overlays(path, mode="wb"):          # the overlay of every odd frame hits ENOSPC
+        if path.name.endswith("_overlay.jpg") and int(path.name.split("_")[-2]) % 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_atomic_write(path, mode)
+
+    monkeypatch.setattr(store_module, "atomic_write", full_on_odd_overlays)
+    source = SyntheticSource(frames([250] * 6, (120, 160)), count=6)
+    images = AnomalyImageWriter(tmp_path / "img", backlog=64)
+    loop = InspectionLoop(Pipeline(FakeEngine(size=64)), source, SQLiteStore(tmp_path / "r.db"), images=images)
+    loop.run()
+    loop.store.close()
+    rows = list(sqlite3.connect(tmp_path / "r.db").execute("SELECT sequence, image FROM frames ORDER BY sequence"))
+    assert [seq for seq, _ in rows] == list(range(6)) and images.errors == 3
+    assert [img is None for _, img in rows] == [False, True] * 3
+    on_disk = {p.name for p in (tmp_path / "img").iterdir()}
+    assert on_disk == {img for _, img in rows if img} | {img.replace("_overlay.jpg", "_frame.png")
+                                                            for _, img in rows if img}
 
 
 def test_vanishing_device_is_reconnected_and_counted(tmp_path):

@@ -61,7 +61,12 @@ def test_train_writes_a_calibrated_checkpoint_with_provenance(tiny_category, tmp
     assert ckpt.num_prototypes == 1  # round(0.1 * 8)
     cal = ckpt.metadata["calibration"]
     assert cal["num_images"] == 2 and ckpt.threshold == pytest.approx(max(cal["scores"]), abs=1e-6)
-    assert "wrote" in capsys.readouterr().out
+    # Issue 14, D10: the loss curve ends at the last step, and "final loss" is that step's loss
+    # (it used to be the last *logged* one: step 1 of 2 here, since the log keeps every 10th).
+    curve = training["loss_curve"]
+    assert curve["step"] == [1, 2]
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and f"final loss {curve['loss'][-1]:.4f}" in printed
     # The threshold reproduces: the held-out images score at most the threshold.
     model, _ = load_model(out / "checkpoint.pt")
     from prn_edge.data.mvtec import load_image

@@ -23,8 +23,8 @@ from typing import Any
 
 from prn_edge.errors import PRNError
 from prn_edge.imaging.preprocess import check_frame_size
-from prn_edge.io import make_output_dir
-from prn_edge.validate import check_number
+from prn_edge.io import check_output_dir, make_output_dir
+from prn_edge.validate import MAX_THREADS, check_number
 
 __all__ = ["DEMO_MODEL", "DEMO_ROOT", "BenchResult", "bench", "demo_model"]
 
@@ -106,19 +106,28 @@ def _seconds(flag: str, value) -> float:
     return float(check_number(flag, value, low=0, optional=False))
 
 
-def _outputs(out, json_path, md_path, plot_path, model_dir: Path) -> tuple[Path | None, Path | None, Path | None]:
-    """The files to write; folders are checked (or created for ``out``) before any work."""
+def _outputs(out, json_path, md_path, plot_path, model_dir: Path) -> tuple[Path | None, ...]:
+    """``(json, md, plot, folder to create)``: every place is checked before any work; ``out`` is
+    created only when the results are written, so a failed run leaves no empty folder."""
     named = [None if p is None else Path(p) for p in (json_path, md_path, plot_path)]
     if out is None and not any(named):
         out = model_dir / "bench"
     if out is not None:
-        out = make_output_dir(out)
+        out = check_output_dir(out)
         named = [p or out / name for p, name in zip(named, ("bench.json", "bench.md", "bench.png"))]
     for flag, path in zip(("--json", "--md", "--plot"), named):
-        if path is not None and not path.expanduser().parent.is_dir():
+        if path is None:
+            continue
+        path = path.expanduser()
+        if out is not None and path.parent == out:
+            continue                               # checked above, created after the run
+        if not path.parent.is_dir():
             raise PRNError(f"{path}: its folder does not exist ({flag})")
+        if path.is_dir():
+            raise PRNError(f"{path}: is a folder; name a file ({flag})")
+        check_output_dir(path.parent, flag)      # a read-only folder fails now, not after the run
     first, second, third = (None if p is None else p.expanduser() for p in named)
-    return first, second, third
+    return first, second, third, out
 
 
 def _choose(candidates, backends, precisions):
@@ -173,17 +182,15 @@ def bench(model: str | os.PathLike | None = None, *, checkpoint: str | os.PathLi
     model_dir = demo_model() if model is None else Path(model).expanduser()
     backends = _names("backend", backends, BACKENDS)
     precisions = _names("precision", precisions, PRECISIONS)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise PRNError(f"--threads must be >= 0, got {threads}")
     check_number("--threshold", threshold, low=0, high=1)      # a score is in [0, 1]
-    check_number("--threads", threads, low=0, integer=True)
+    check_number("--threads", threads, low=0, high=MAX_THREADS, integer=True)
     settings = BenchSettings(batches=_batches(batch), warmup_s=_seconds("--warmup", warmup),
                              duration_s=_seconds("--duration", duration), round_s=_seconds("--round", round),
                              frame_hw=_frame(frame), resize=resize, reference=reference,
                              threshold=None if threshold is None else float(threshold))
     settings.validate()
     candidates, ckpt = discover(model_dir, checkpoint=checkpoint, threads=threads, device=device)
-    json_path, md_path, plot_path = _outputs(out, json, md, plot, model_dir)
+    json_path, md_path, plot_path, out_dir = _outputs(out, json, md, plot, model_dir)
     chosen, skipped = _choose(candidates, backends, precisions)
     if not chosen:
         why = "; ".join(f"{s['backend']}:{s['precision']}: {s['reason']}" for s in skipped) or "nothing matches"
@@ -199,5 +206,7 @@ def bench(model: str | os.PathLike | None = None, *, checkpoint: str | os.PathLi
                   "checkpoint_sha256": next((e.describe.get("checkpoint_sha256") for e in run.engines
                                              if e.describe.get("checkpoint_sha256")), None)}
     report = build_report(run, cost=cost, skipped=skipped, model=model_info, machine=machine_info())
+    if out_dir is not None:
+        make_output_dir(out_dir)
     written = write_outputs(report, run, json_path=json_path, md_path=md_path, plot_path=plot_path)
     return BenchResult(model_dir=model_dir, report=report, written=list(written or []), run=run)

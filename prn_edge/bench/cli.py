@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from prn_edge.bench.api import DEMO_MODEL, DEMO_ROOT
-from prn_edge.cli import ArgumentParser, bounded_float, non_negative_int, run_cli
+from prn_edge.cli import ArgumentParser, bounded_float, run_cli, thread_count
 from prn_edge.errors import PRNError
 from prn_edge.imaging.preprocess import MAX_FRAME_SIDE, check_frame_size
 
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per visit to one (engine, batch) cell in a round (default 0.3)")
     p.add_argument("--reference", default="torch:fp32", metavar="BACKEND:PRECISION",
                    help="what ratios refer to (default torch:fp32, PyTorch eager; else the first engine)")
-    p.add_argument("--threads", type=non_negative_int, default=0, metavar="N",
+    p.add_argument("--threads", type=thread_count, default=0, metavar="N",
                    help="intra-op threads of PyTorch and ONNX Runtime (default 0: their default, all cores)")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="torch device of the PyTorch / CuPy-fused engines: cpu, cuda, cuda:N (default: cuda if "

@@ -48,7 +48,8 @@ def discover(model_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | No
         available one opens with :meth:`Candidate.open`.
 
     Raises:
-        PRNError: ``model_dir`` is not a model folder, or ``--checkpoint`` names a missing file.
+        PRNError: ``model_dir`` is not a model folder, or ``--checkpoint`` names a missing or
+            unreadable file.
     """
     model_dir = Path(model_dir).expanduser()
     if not model_dir.is_dir():
@@ -59,6 +60,9 @@ def discover(model_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | No
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise PRNError(f"{path}: no such checkpoint (--checkpoint)")
+        # Asked for by name, so an unreadable one is an error now, not a missing row after the run.
+        from prn_edge.checkpoint import load_checkpoint
+        load_checkpoint(path)
         files = dataclasses.replace(files, checkpoint=path, checkpoint_note="--checkpoint")
     elif files.checkpoint is None:
         files = dataclasses.replace(files, checkpoint_note=f"{files.checkpoint_note}: pass --checkpoint FILE")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prn_edge.errors import PRNError
-from prn_edge.validate import check_number
+from prn_edge.validate import MAX_THREADS, check_number
 
 __all__ = ["EXIT_SOURCE_FAILED", "InspectResult", "inspect", "list_backends"]
 
@@ -57,7 +57,7 @@ class InspectResult:
                   f"{s.read} read, {s.drops} dropped"),
                  (f"  defects: {s.anomalous} anomalous frame(s), {s.regions} region(s); "
                   f"{s.images_written} image(s) written, {s.images_evicted} removed by the size cap, "
-                  f"{s.images_skipped} skipped"),
+                  f"{s.images_skipped} skipped" + (f", {s.images_failed} failed" if s.images_failed else "")),
                  (f"  source: {s.source_errors} failure(s), {s.reconnects} reconnection(s) in "
                   f"{s.reconnect_attempts} attempt(s); ended: {s.end}")]
         if s.latency_ms:
@@ -135,7 +135,7 @@ def inspect(model: str | os.PathLike, source: str, *, backend: str = "auto", pre
 
     # Everything that can fail cheaply, before the output folder exists.
     check_number("--threshold", threshold, low=0, high=1)      # a score is in [0, 1]
-    check_number("--threads", threads, low=0, integer=True)
+    check_number("--threads", threads, low=0, high=MAX_THREADS, integer=True)
     check_number("--max-image-mb", max_image_mb, low=0)
     check_number("--view", view, low=1, high=65535, integer=True)
     overrides = {"resize": resize, "roi": roi, "threshold": threshold}
@@ -172,6 +172,9 @@ def inspect(model: str | os.PathLike, source: str, *, backend: str = "auto", pre
         try:
             with stop_on_signals(inspection):
                 summary = inspection.run()
+        except PRNError as exc:              # a full disk, a failing engine: say what is kept
+            raise PRNError(f"{exc}; {inspection.summary.frames} frame(s) were recorded in {results} "
+                           "before it") from exc
         finally:
             results_store.close()
     finally:

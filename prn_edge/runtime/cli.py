@@ -27,7 +27,7 @@ from pathlib import Path
 from prn_edge.cli import (
     ArgumentParser,
     bounded_float,
-    non_negative_int,
+    thread_count,
     positive_int,
     run_cli,
 )
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per frame)")
     p.add_argument("--max-image-mb", type=_non_negative_float, default=1024.0, metavar="MB",
                    help="cap on OUT/anomalies (oldest images removed first; 0 = no images; default 1024)")
-    p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help="CPU threads of the engine (0 = default)")
+    p.add_argument("--threads", type=thread_count, default=0, metavar="N", help="CPU threads of the engine (0 = default)")
     p.add_argument("--device", default=None, help="torch device for the torch / cupy-fused backends")
     p.add_argument("--loop", action="store_true", help="image folder: start again after the last image")
     p.add_argument("--reconnect-attempts", type=int, default=None, metavar="N",

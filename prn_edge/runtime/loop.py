@@ -175,6 +175,7 @@ class Summary:
     images_written: int = 0      # anomalies written (frame + overlay)
     images_evicted: int = 0      # files removed to stay under the size cap
     images_skipped: int = 0      # anomalies not written (writer backlog full, or over the cap)
+    images_failed: int = 0       # anomaly images whose write failed (a full disk): the record names none
     seconds: float = 0.0
     fps: float = 0.0
     end: str = ""                # why the run ended
@@ -331,9 +332,15 @@ class InspectionLoop:
             seconds = time.monotonic() - start
             if self.images is not None:
                 self.images.close()          # the queued anomalies are written before the summary
+                self._record_image_changes()
             self._finish(seconds)
             if self.store is not None:
-                self.store.end_run(self.run_id, self.summary.to_dict())
+                try:
+                    self.store.end_run(self.run_id, self.summary.to_dict())
+                except PRNError:
+                    if error is None:
+                        raise
+                    # The first failure (often the same full disk) is the one to report.
             if error is None and self._reader_error is not None:
                 raise self._reader_error
         return self.summary
@@ -342,13 +349,12 @@ class InspectionLoop:
         picked = time.monotonic()
         detection = self.pipeline(frame.image)
         t0 = time.perf_counter()
-        image = None
         if detection.anomalous:
             self.summary.anomalous += 1
             self.summary.regions += len(detection.regions)
             if self.images is not None:
-                image = self.images.submit(f"{self.run_id}_{frame.sequence:08d}", frame.image,
-                                           lambda: self.pipeline.overlay(frame.image, detection))
+                self.images.submit(f"{self.run_id}_{frame.sequence:08d}", frame.image,
+                                   lambda: self.pipeline.overlay(frame.image, detection), key=frame.sequence)
         latency = dict(detection.latency_ms)
         latency["queue"] = (picked - frame.captured) * 1e3
         latency["output"] = (time.perf_counter() - t0) * 1e3
@@ -359,11 +365,29 @@ class InspectionLoop:
                               "sequence": frame.sequence, "score": detection.score,
                               "threshold": detection.threshold, "anomalous": detection.anomalous,
                               "regions": [r.to_dict() for r in detection.regions],
-                              "latency_ms": latency, "image": image})
+                              "latency_ms": latency, "image": None})   # named once it is on disk
+            self._record_image_changes()     # after the insert: this frame's image may be among them
         self.latency.add(latency)
         self.summary.frames += 1
         if self.on_result is not None:
             self.on_result(frame, detection, latency)
+
+    def _record_image_changes(self) -> None:
+        """A record names its image only while it is on disk: not before the background writer has
+        written it (a kill or a full disk loses queued images), not after the cap removed it."""
+        if self.images is None or self.store is None:
+            return
+        removed: list[str] = []
+        for change, sequence, name in self.images.take_changes():
+            if change == "removed":
+                removed.append(name)
+                continue
+            if removed:
+                self.store.images_removed(removed)
+                removed = []
+            self.store.image_written(self.run_id, sequence, name)
+        if removed:
+            self.store.images_removed(removed)
 
     def _finish(self, seconds: float) -> None:
         s = self.summary
@@ -374,7 +398,7 @@ class InspectionLoop:
         s.latency_ms = self.latency.percentiles()
         if self.images is not None:
             s.images_written, s.images_evicted = self.images.written, self.images.evicted
-            s.images_skipped = self.images.skipped
+            s.images_skipped, s.images_failed = self.images.skipped, self.images.errors
 
 
 @contextlib.contextmanager

@@ -225,7 +225,13 @@ class CaptureSource(Source):
     def read(self) -> Frame | None:
         if self.cap is None:
             raise SourceError(f"{self.name}: not open")
+        start = time.monotonic()
         ok, image = self.cap.read()
+        if self.kind == "url" and time.monotonic() - start >= self.timeout_s:
+            # OpenCV's FFmpeg reader hit its read timeout in this call, yet still returns a frame
+            # held in the decoder's frame-threading delay (more with more cores): a stalled stream
+            # would fail only after several timeouts, delivering stale frames as new ones.
+            raise SourceError(f"{self.name}: no frame for {self.timeout_s:g} s (stream stalled)")
         if not ok or image is None:
             if self.kind != "file":
                 raise SourceError(f"{self.name}: no frame (device lost or stream interrupted)")

@@ -17,6 +17,7 @@ backlog (:meth:`AnomalyImageWriter.submit`) instead of stalling inspection.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -87,6 +88,14 @@ class ResultStore:
     def end_run(self, run_id: str, summary: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def image_written(self, run_id: str, sequence: int, name: str) -> None:
+        """The anomaly image ``name`` of frame ``sequence`` is on disk: its record names it from now on."""
+        raise NotImplementedError
+
+    def images_removed(self, names: list[str]) -> None:
+        """The anomaly images ``names`` were removed by the cap: their frames' records no longer name them."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -121,22 +130,35 @@ class SQLiteStore(ResultStore):
         if mode.lower() != "wal":
             raise PRNError(f"{self.path}: SQLite refused WAL mode ({mode}); is it on a network file system?")
 
+    def _run(self, what: str, sql: str, rows: list[tuple]) -> None:
+        # Autocommit (isolation_level=None): each statement is its own transaction, durable on return.
+        try:
+            self.db.executemany(sql, rows)
+        except sqlite3.Error as exc:       # a full disk, a vanished or read-only file: one line, not a traceback
+            raise PRNError(f"{self.path}: cannot record {what}: {exc}") from exc
+
     def start_run(self, run_id: str, info: dict[str, Any]) -> None:
-        self.db.execute("INSERT INTO runs (run_id, started, info) VALUES (?, ?, ?)",
-                        (run_id, time.time(), json.dumps(info)))
+        self._run("the run", "INSERT INTO runs (run_id, started, info) VALUES (?, ?, ?)",
+                  [(run_id, time.time(), json.dumps(info))])
 
     def write(self, record: dict[str, Any]) -> None:
-        # Autocommit (isolation_level=None): each INSERT is its own transaction, durable on return.
-        self.db.execute(
-            "INSERT INTO frames (run_id, time, source, sequence, score, threshold, anomalous, regions, latency_ms, "
-            "image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record["run_id"], record["time"], record["source"], record["sequence"], record["score"],
-             record["threshold"], int(record["anomalous"]), json.dumps(record["regions"]),
-             json.dumps(record["latency_ms"]), record.get("image")))
+        self._run(f"frame {record['sequence']}",
+                  "INSERT INTO frames (run_id, time, source, sequence, score, threshold, anomalous, regions, "
+                  "latency_ms, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [(record["run_id"], record["time"], record["source"], record["sequence"], record["score"],
+                    record["threshold"], int(record["anomalous"]), json.dumps(record["regions"]),
+                    json.dumps(record["latency_ms"]), record.get("image"))])
 
     def end_run(self, run_id: str, summary: dict[str, Any]) -> None:
-        self.db.execute("UPDATE runs SET ended = ?, summary = ? WHERE run_id = ?",
-                        (time.time(), json.dumps(summary), run_id))
+        self._run("the run's summary", "UPDATE runs SET ended = ?, summary = ? WHERE run_id = ?",
+                  [(time.time(), json.dumps(summary), run_id)])
+
+    def image_written(self, run_id: str, sequence: int, name: str) -> None:
+        self._run(f"the image of frame {sequence}", "UPDATE frames SET image = ? WHERE run_id = ? AND sequence = ?",
+                  [(name, run_id, sequence)])
+
+    def images_removed(self, names: list[str]) -> None:
+        self._run("removed images", "UPDATE frames SET image = NULL WHERE image = ?", [(n,) for n in names])
 
     def close(self) -> None:
         if self.db is not None:
@@ -160,9 +182,18 @@ class JsonlStore(ResultStore):
 
     def _append(self, obj: dict[str, Any]) -> None:
         data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
-        os.write(self.fd, data)    # one write: a kill leaves whole lines (and at worst a torn last one)
-        if self.full:
-            os.fsync(self.fd)
+        end = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            written = os.write(self.fd, data)    # one write: a kill leaves whole lines (at worst a torn last one)
+            if written != len(data):             # a disk that filled up mid-line
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self.full:
+                os.fsync(self.fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):   # no torn line for later records to follow
+                os.ftruncate(self.fd, end)
+            what = f"frame {obj['sequence']}" if obj["type"] == "frame" else f"the {obj['type'].replace('_', ' ')}"
+            raise PRNError(f"{self.path}: cannot record {what}: {exc.strerror or exc}") from exc
 
     def start_run(self, run_id: str, info: dict[str, Any]) -> None:
         self._append({"type": "run", "run_id": run_id, "started": time.time(), "info": info})
@@ -173,6 +204,13 @@ class JsonlStore(ResultStore):
     def end_run(self, run_id: str, summary: dict[str, Any]) -> None:
         self._append({"type": "summary", "run_id": run_id, "ended": time.time(), "summary": summary})
 
+    # Append-only: records that read_jsonl applies to the frames before them.
+    def image_written(self, run_id: str, sequence: int, name: str) -> None:
+        self._append({"type": "image_written", "run_id": run_id, "sequence": sequence, "image": name})
+
+    def images_removed(self, names: list[str]) -> None:
+        self._append({"type": "images_removed", "images": list(names)})
+
     def close(self) -> None:
         if self.fd is not None:
             with contextlib.suppress(OSError):
@@ -182,13 +220,31 @@ class JsonlStore(ResultStore):
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every complete record of a JSONL results file (a torn last line from a kill is skipped)."""
+    """Every complete record of a JSONL results file (a torn last line from a kill is skipped).
+
+    ``image_written`` and ``images_removed`` records are applied to the frame records before
+    them, as the SQLite store's UPDATEs are, so a frame names its image only while it is on disk.
+    """
     out = []
     with open(path, "rb") as handle:
         for line in handle:
             if not line.endswith(b"\n"):
                 break
             out.append(json.loads(line))
+    frames: dict[tuple[str, int], dict[str, Any]] = {}
+    by_image: dict[str, dict[str, Any]] = {}
+    for record in out:
+        kind = record.get("type")
+        if kind == "frame":
+            frames[(record["run_id"], record["sequence"])] = record
+        elif kind == "image_written" and (record["run_id"], record["sequence"]) in frames:
+            frame = frames[(record["run_id"], record["sequence"])]
+            frame["image"] = record["image"]
+            by_image[record["image"]] = frame
+        elif kind == "images_removed":
+            for name in record["images"]:
+                if name in by_image:
+                    by_image.pop(name)["image"] = None
     return out
 
 
@@ -214,6 +270,10 @@ class AnomalyImageWriter:
         written, evicted: pairs of images written, files removed by the cap.
         skipped: anomalies not written (backlog full, or bigger than the cap).
         errors: failed writes (e.g. disk full); the last one's message is in ``last_error``.
+
+    :meth:`take_changes` hands the loop what changed on disk (an image written, images removed by
+    the cap), so a record names an image only once it is written and until it is removed: a
+    kill, a full disk or the cap never leaves a record naming a missing file.
     """
 
     def __init__(self, folder: str | os.PathLike, max_bytes: int = 1 << 30, *, jpeg_quality: int = 90,
@@ -223,6 +283,7 @@ class AnomalyImageWriter:
         self.quality = int(jpeg_quality)
         self.written = self.evicted = self.skipped = self.errors = 0
         self.last_error = ""
+        self._changes: deque[tuple[str, Any, str]] = deque()   # appended by the writer thread, taken by the loop
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, backlog))
         self._thread: threading.Thread | None = None
         try:
@@ -235,8 +296,10 @@ class AnomalyImageWriter:
         self._files: deque[tuple[Path, int]] = deque((p, p.stat().st_size) for p in files)
         self.bytes = sum(size for _, size in self._files)
 
-    def write(self, stem: str, frame: np.ndarray, overlay: np.ndarray) -> str | None:
-        """Write both images; returns the overlay's file name, or None when the cap allows nothing."""
+    def write(self, stem: str, frame: np.ndarray, overlay: np.ndarray, key: Any = None) -> str | None:
+        """Write both images; returns the overlay's file name, or None when the cap allows nothing.
+
+        ``key`` (the frame's sequence number) comes back with the ``written`` change."""
         cv2 = require("cv2", "writing anomaly images")
         ok1, png = cv2.imencode(".png", frame)
         ok2, jpg = cv2.imencode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
@@ -249,19 +312,42 @@ class AnomalyImageWriter:
             return None
         while self._files and self.bytes + need > self.max_bytes:
             path, size = self._files.popleft()
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            self.bytes -= size
-            self.evicted += 1
-        for path, data in blobs:
-            with atomic_write(path) as handle:
-                handle.write(data)
-            self._files.append((path, len(data)))
-            self.bytes += len(data)
+            # A frame and its overlay go together: the record names the overlay, the frame is the evidence.
+            pair = path.name.endswith("_frame.png") and self._files and \
+                self._files[0][0].name == path.name[:-len("_frame.png")] + "_overlay.jpg"
+            for path, size in [(path, size)] + ([self._files.popleft()] if pair else []):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                self.bytes -= size
+                self.evicted += 1
+                if path.name.endswith("_overlay.jpg"):
+                    self._changes.append(("removed", None, path.name))
+        done = []
+        try:
+            for path, data in blobs:
+                with atomic_write(path) as handle:
+                    handle.write(data)
+                done.append((path, len(data)))
+        except BaseException:
+            # Half a pair (a frame without its overlay) is evidence no record points to: remove it.
+            for path, _ in done:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            raise
+        self._files.extend(done)
+        self.bytes += need
         self.written += 1
+        self._changes.append(("written", key, blobs[1][0].name))
         return blobs[1][0].name
 
-    def submit(self, stem: str, frame: np.ndarray, render: Callable[[], np.ndarray]) -> str | None:
+    def take_changes(self) -> list[tuple[str, Any, str]]:
+        """``("written", key, overlay name)`` and ``("removed", None, overlay name)`` since the last call, in order."""
+        changes = []
+        while self._changes:
+            changes.append(self._changes.popleft())
+        return changes
+
+    def submit(self, stem: str, frame: np.ndarray, render: Callable[[], np.ndarray], key: Any = None) -> str | None:
         """Queue an anomaly for the background writer; ``render()`` makes its overlay there.
 
         ``frame`` must not be modified afterwards (sources deliver a new array per frame).
@@ -275,7 +361,7 @@ class AnomalyImageWriter:
             self._thread = threading.Thread(target=self._work, name="prn-images", daemon=True)
             self._thread.start()
         try:
-            self._queue.put_nowait((stem, frame, render))
+            self._queue.put_nowait((stem, frame, render, key))
         except queue.Full:
             self.skipped += 1
             return None
@@ -286,13 +372,16 @@ class AnomalyImageWriter:
             item = self._queue.get()
             if item is None:
                 return
-            stem, frame, render = item
+            stem, frame, render, key = item
             try:
-                self.write(stem, frame, render())
+                self.write(stem, frame, render(), key)
             except Exception as exc:  # noqa: BLE001 - a full disk must not stop the inspection
                 self.errors += 1
-                self.last_error = first_line(exc)
-                log.warning("anomaly image %s not written: %s", stem, self.last_error)
+                message = first_line(exc)
+                # One warning per kind of failure, not one per frame of a full disk; the summary counts them.
+                (log.debug if message.split(":")[0] == self.last_error.split(":")[0] else log.warning)(
+                    "anomaly image %s not written: %s", stem, message)
+                self.last_error = message
 
     def close(self) -> None:
         """Write what is queued, then stop the background writer."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prn_edge.errors import PRNError
-from prn_edge.validate import check_number
+from prn_edge.validate import MAX_SEED, MAX_THREADS, check_number
 
 __all__ = ["CPU_DEFAULT_BATCH", "CPU_DEFAULT_MINUTES", "DEFAULT_CACHE", "FOREGROUNDS", "TrainResult", "train"]
 
@@ -142,13 +142,13 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
                                 ("--msa-layers", msa_layers, {"low": 1, "integer": True}),
                                 ("--lr", lr, {"low": 0, "low_open": True, "optional": False}),
                                 ("--weight-decay", weight_decay, {"low": 0, "optional": False}),
-                                ("--seed", seed, {"integer": True, "optional": False}),
+                                ("--seed", seed, {"low": 0, "high": MAX_SEED, "integer": True, "optional": False}),
                                 ("--seen", seen, {"low": 0, "integer": True, "optional": False}),
                                 ("--calibration-fraction", calibration_fraction, {"low": 0, "high": 1,
                                                                                   "optional": False}),
                                 ("--threshold-quantile", threshold_quantile, {"low": 0, "low_open": True, "high": 1,
                                                                               "optional": False}),
-                                ("--threads", threads, {"low": 0, "integer": True}),
+                                ("--threads", threads, {"low": 0, "high": MAX_THREADS, "integer": True}),
                                 ("--save-every", save_every, {"low": 0, "low_open": True, "optional": False}),
                                 ("--preview", preview, {"low": 1, "integer": True})):
         check_number(name, value, **bounds)
@@ -232,7 +232,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
             import torch.distributed as dist
             if dist.is_initialized():
                 dist.destroy_process_group()
-    loss = trainer.history.loss[-1] if trainer.history.loss else None
+    loss = trainer.last_loss
     threshold = trainer.last_calibration.get("threshold")
     return TrainResult(out=out, checkpoint=path, steps=trainer.step, seconds=time.perf_counter() - started,
                        final_loss=None if loss is None or not math.isfinite(loss) else float(loss),

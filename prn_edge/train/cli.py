@@ -11,7 +11,15 @@ import logging
 import sys
 from pathlib import Path
 
-from prn_edge.cli import ArgumentParser, bounded_float, non_negative_int, positive_int, run_cli
+from prn_edge.cli import (
+    ArgumentParser,
+    bounded_float,
+    non_negative_int,
+    positive_int,
+    run_cli,
+    seed_number,
+    thread_count,
+)
 from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES
 from prn_edge.train.api import (
     CPU_DEFAULT_BATCH,
@@ -53,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"images per step and process, a multiple of 4 (default: 64 on GPU, {CPU_DEFAULT_BATCH} on CPU)")
     p.add_argument("--lr", type=bounded_float("a learning rate", 0, low_open=True), default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--weight-decay", type=bounded_float("a weight decay", 0), default=1e-2, help="Adam weight decay (default 1e-2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of splits, prototypes, synthesis (default 0)")
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of splits, prototypes, synthesis (default 0)")
     p.add_argument("--seen", type=non_negative_int, default=10, help="seen anomalies drawn from test/ (default 10)")
     p.add_argument("--calibration-fraction", type=bounded_float("a fraction", 0, 1), default=0.1,
                    help="share of train/good held out to calibrate the threshold (default 0.1)")
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ea", action="store_true", help="ablation: no extended anomalies (their share goes to SA)")
     p.add_argument("--no-sa", action="store_true", help="ablation: no simulated anomalies (their share goes to EA)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=non_negative_int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--save-every", type=bounded_float("minutes", 0, low_open=True), default=5.0, metavar="MIN",
                    help="save the training state every MIN minutes (default 5)")

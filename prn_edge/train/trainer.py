@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from prn_edge.checkpoint import save_checkpoint
+from prn_edge.checkpoint import save_checkpoint, save_torch_atomic
 from prn_edge.contract.model_folder import CHECKPOINT
 from prn_edge.data.synthesis import (
     AnomalySynthesizer,
@@ -25,7 +25,7 @@ from prn_edge.data.synthesis import (
     batch_composition,
 )
 from prn_edge.errors import CheckpointError, PRNError, first_line
-from prn_edge.io import atomic_write, remove_stale_temporaries
+from prn_edge.io import remove_stale_temporaries
 from prn_edge.model import PRN
 from prn_edge.model.deployable import to_unit_float
 from prn_edge.model.loss import prn_loss
@@ -151,6 +151,8 @@ class Trainer:
         self._order: list[int] = []
         self._snapshots_done: set[int] = set()
         self.last_calibration: dict[str, Any] = {}
+        self.last_loss: float | None = None        # the last step's loss (history keeps every log_every-th)
+        self.saved_step: int | None = None         # the step of the last training state on disk
 
     # -- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -168,8 +170,8 @@ class Trainer:
     def save_state(self) -> None:
         if not self.dist.is_main:
             return
-        with atomic_write(self.out_dir / STATE_FILE) as handle:
-            torch.save(self._state(), handle)
+        save_torch_atomic(self.out_dir / STATE_FILE, self._state())
+        self.saved_step = self.step
 
     def load_state(self, path: Path) -> None:
         """Resume from ``path``; refuses a state from a different model, data or budget."""
@@ -194,6 +196,8 @@ class Trainer:
         self.history = History(**state["history"])
         self.prototype_stats = state["prototype_stats"]
         self._snapshots_done = set(state["snapshots_done"])
+        if self.history.steps and self.history.steps[-1] == self.step:
+            self.last_loss = self.history.loss[-1]
         log.info("resumed from %s at step %d (%.1f min trained)", path, self.step, self.elapsed / 60)
 
     def _make_optimizer(self) -> None:
@@ -224,7 +228,22 @@ class Trainer:
         self.prototype_stats = self.model.build_prototypes(batches, seed=self.settings.seed)
 
     def run(self, resume: bool = False) -> Path | None:
-        """Train to the budget and write ``checkpoint.pt``; returns its path (rank 0)."""
+        """Train to the budget and write ``checkpoint.pt``; returns its path (rank 0).
+
+        Raises:
+            PRNError: bad settings or data, an interrupt (after saving the state), or a write that
+                failed (a full disk): one line with the step reached and the last saved state.
+        """
+        try:
+            return self._run(resume)
+        except OSError as exc:
+            where = exc.filename or self.out_dir
+            saved = (f"the last saved state is step {self.saved_step} in {self.out_dir / STATE_FILE}: make room "
+                     "and continue with the same command and --resume" if self.saved_step is not None
+                     else "no training state was saved")
+            raise PRNError(f"{where}: {exc.strerror or exc} at step {self.step}; {saved}") from exc
+
+    def _run(self, resume: bool) -> Path | None:
         state_path = self.out_dir / STATE_FILE
         if self.dist.is_main:   # what a killed run's atomic writes left behind (issue 14, D9)
             remove_stale_temporaries(self.out_dir, STATE_FILE, CHECKPOINT)
@@ -232,6 +251,7 @@ class Trainer:
             if not state_path.exists():
                 raise PRNError(f"{state_path}: nothing to resume (no training state in {self.out_dir})")
             self.load_state(state_path)
+            self.saved_step = self.step
         else:
             t0 = time.perf_counter()
             self.build_prototypes()
@@ -252,7 +272,7 @@ class Trainer:
                 self.optimizer.step()
                 self.step += 1
                 self.elapsed = time.perf_counter() - started
-                value = float(loss.detach())
+                value = self.last_loss = float(loss.detach())
                 if not math.isfinite(value):
                     raise PRNError(f"the loss became {value} at step {self.step}; lower --lr or check the data")
                 if self.step % self.settings.log_every == 0 or self.step == 1:
@@ -270,6 +290,8 @@ class Trainer:
                            "continue with the same command and --resume") from None
         if bar is not None:
             bar.close()
+        if self.last_loss is not None and (not self.history.steps or self.history.steps[-1] != self.step):
+            self.history.add(self.step, self.elapsed, self.last_loss)   # the curve ends at the last step
         self.save_state()
         if not self.dist.is_main:
             return None
