@@ -304,3 +304,39 @@ def test_real_run_torch_and_onnxruntime(model_dir, tmp_path, capsys):
         assert e["memory"]["rss_peak_delta_mib"] is not None and e["threshold"] == pytest.approx(0.6)
     assert (out / "bench.md").is_file() and (out / "bench.png").is_file()
     assert "onnxruntime-cpu:fp32" in captured.out and "x ref" in captured.out
+
+
+def test_profile_sums_kernel_time_per_operator_type():
+    """Issue 16, item 4: only the kernels' events count, summed per op type, largest first."""
+    from prn_edge.runtime.backends.onnxruntime import summarize_profile
+
+    events = [
+        {"cat": "Session", "name": "model_run", "dur": 9000},
+        {"cat": "Node", "name": "conv1_kernel_time", "dur": 300, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv1_fence_before", "dur": 50, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv2_kernel_time", "dur": 200, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv1_kernel_time", "dur": 310, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "t1_kernel_time", "dur": 900, "args": {"op_name": "Transpose"}},
+    ]
+    summary = summarize_profile(events)
+    assert list(summary) == ["Transpose", "Conv"]
+    assert summary["Conv"] == {"us": 810.0, "nodes": 2, "calls": 3}
+    assert summary["Transpose"] == {"us": 900.0, "nodes": 1, "calls": 1}
+
+
+def test_profile_flag_reports_where_onnxruntime_spends_its_time(model_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = bench_main(["--model", str(model_dir), "--batch", "1", "--warmup", "0", "--duration", "0.5",
+                       "--threads", "1", "--out", str(out), "--quiet", "--profile"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads((out / "bench.json").read_text())
+    profile = data["profile"]["onnxruntime-cpu:fp32"]
+    ops = {o["op"]: o for o in profile["ops"]}
+    # The graph is mostly convolutions; shares add up to the kernels' total; ORT's own node count.
+    assert ops["Conv"]["share"] == max(o["share"] for o in profile["ops"]) and ops["Conv"]["nodes"] > 10
+    assert sum(o["share"] for o in profile["ops"]) == pytest.approx(1.0, abs=1e-3)
+    assert sum(o["ms_per_image"] for o in profile["ops"]) == pytest.approx(profile["ms_per_image"], rel=0.01)
+    assert "torch:fp32: no per-operator profile" in " ".join(data["notes"])
+    assert "Where the time goes" in (out / "bench.md").read_text()
+    assert "| Conv |" in captured.out

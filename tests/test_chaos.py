@@ -281,9 +281,22 @@ def test_a_read_only_output_fails_before_any_work(can_mount, checkpoints, export
 
 # -- kill -9 ----------------------------------------------------------------------------------------------
 
-def _popen(tool: str, args: list) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", TOOLS[tool], *map(str, args)], cwd=REPO,
+def kill_once_ready(tool: str, args: list, ready, delay: float, wait_s: float = 240) -> None:
+    """Start ``tool``, wait until ``ready()`` (it is doing the work under test), ``delay`` more
+    seconds, then kill -9 it."""
+    proc = subprocess.Popen([sys.executable, "-m", TOOLS[tool], *map(str, args)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + wait_s
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == KILLED
+    finally:
+        proc.kill()
+        proc.stderr.close()
 
 
 @pytest.mark.slow
@@ -300,19 +313,10 @@ def test_kill_9_during_training_loses_nothing_saved(tiny_category, tmp_path):  #
         args = ["--data", tiny_category, "--out", out, "--steps", "100000", "--save-every", "0.001", *fast]
         if kill:
             args.append("--resume")
-        proc = _popen("prn-train", args)
-        try:
-            deadline = time.monotonic() + 240
-            start_mtime = (out / "train_state.pt").stat().st_mtime_ns if kill else 0
-            while not (out / "train_state.pt").exists() or (out / "train_state.pt").stat().st_mtime_ns == start_mtime:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-                time.sleep(0.1)
-            time.sleep(rng.uniform(0.0, 3.0))
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait(timeout=60) == KILLED
-        finally:
-            proc.kill()
-            proc.stderr.close()
+        state_file = out / "train_state.pt"
+        before = state_file.stat().st_mtime_ns if kill else 0      # ready: a new state was saved
+        kill_once_ready("prn-train", args, lambda: state_file.exists() and state_file.stat().st_mtime_ns != before,
+                        rng.uniform(0.0, 3.0))
         state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)   # never torn
         steps_seen.append(state["step"])
         record_outcome("kill -9", f"prn-train killed {kill + 1} time(s) at a random moment", "prn-train", KILLED,
@@ -333,19 +337,8 @@ def test_kill_9_during_inspection_keeps_a_consistent_record(export_a, tmp_path):
     out = tmp_path / "inspect"
     rng = random.Random(99)
     for kill in range(3):
-        proc = _popen("prn-inspect", ["--model", export_a, "--source", "synthetic:320x240", "--threshold", "0",
-                                      "--out", out])
-        try:
-            deadline = time.monotonic() + 120
-            while not (out / "results.db").exists():
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.5, 2.5))
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait(timeout=60) == KILLED
-        finally:
-            proc.kill()
-            proc.stderr.close()
+        kill_once_ready("prn-inspect", ["--model", export_a, "--source", "synthetic:320x240", "--threshold", "0",
+                                        "--out", out], (out / "results.db").exists, rng.uniform(0.5, 2.5))
         frames = check_results(out)
         record_outcome("kill -9", f"prn-inspect killed at a random moment (run {kill + 1})", "prn-inspect", KILLED,
                        f"database intact, {frames} frame records, every named image on disk")

@@ -152,7 +152,7 @@ def bench(model: str | os.PathLike | None = None, *, checkpoint: str | os.PathLi
           frame: str | Sequence[int] = "1280x720", resize: str = "stretch", threshold: float | None = None,
           out: str | os.PathLike | None = None, json: str | os.PathLike | None = None,
           md: str | os.PathLike | None = None, plot: str | os.PathLike | None = None, quiet: bool = False,
-          say: Callable[[str], None] | None = None) -> BenchResult:
+          profile: bool = False, say: Callable[[str], None] | None = None) -> BenchResult:
     """Benchmark an exported PRN on every available backend and precision, interleaved (``prn-bench``).
 
     The arguments are ``prn-bench``'s flags with the same defaults (see its ``--help``); lists
@@ -160,7 +160,8 @@ def bench(model: str | os.PathLike | None = None, *, checkpoint: str | os.PathLi
     ``model`` None: the demo's model (:data:`DEMO_MODEL`). ``threshold`` overrides the decision
     threshold of an uncalibrated model (default: the model's calibrated one). ``out`` None and
     no ``json`` / ``md`` / ``plot``: the reports go to ``MODEL/bench/``. ``say`` receives progress
-    lines (default: none when ``quiet``, else stderr).
+    lines (default: none when ``quiet``, else stderr). ``profile``: after the timed rounds, time
+    every ONNX Runtime engine's operators (:mod:`prn_edge.bench.profile`).
 
     Returns:
         A :class:`BenchResult`.
@@ -206,6 +207,11 @@ def bench(model: str | os.PathLike | None = None, *, checkpoint: str | os.PathLi
                   "checkpoint_sha256": next((e.describe.get("checkpoint_sha256") for e in run.engines
                                              if e.describe.get("checkpoint_sha256")), None)}
     report = build_report(run, cost=cost, skipped=skipped, model=model_info, machine=machine_info())
+    if profile:
+        from prn_edge.bench.profile import profile_engines
+
+        report["profile"], profile_notes = profile_engines(chosen, threads=threads, say=say)
+        report["notes"].extend(profile_notes)
     if out_dir is not None:
         make_output_dir(out_dir)
     written = write_outputs(report, run, json_path=json_path, md_path=md_path, plot_path=plot_path)

@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the JSON report here")
     p.add_argument("--md", type=Path, default=None, metavar="FILE", help="write the Markdown report here")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE", help="write the PNG plot here")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed rounds, profile every ONNX Runtime engine per operator type (Conv, "
+                        "Transpose, ...; ORT's profiler, on separate sessions so it never slows the timings) "
+                        "and add the table to the reports")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -131,8 +135,12 @@ def _run(args: argparse.Namespace) -> int:
                    batch=args.batch, warmup=args.warmup, duration=args.duration, round=args.round,
                    reference=args.reference, threads=args.threads, device=args.device, frame=args.frame,
                    resize=args.resize, threshold=args.threshold, out=args.out, json=args.json, md=args.md,
-                   plot=args.plot, quiet=args.quiet, say=say)
+                   plot=args.plot, quiet=args.quiet, profile=args.profile, say=say)
     print(result.table())
+    if result.report.get("profile"):
+        from prn_edge.bench.profile import render_profile
+
+        print(render_profile(result.report["profile"], top=6))
     if result.written:
         print(f"{PROG}: wrote {', '.join(str(p) for p in result.written)}")
     return 0

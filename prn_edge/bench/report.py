@@ -228,6 +228,14 @@ def render_markdown(report: dict[str, Any], *, plot_name: str | None = None) -> 
     w(f"{cost['counted']}\n\n")
     if cost.get("weight_bytes"):
         w("Weight bytes: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in cost["weight_bytes"].items()) + ".\n\n")
+    if report.get("profile"):
+        from prn_edge.bench.profile import render_profile
+
+        w("## Where the time goes (ONNX Runtime, per operator type)\n\n"
+          "Kernel time summed per operator type over batch-1 runs of ORT's profiler, on separate sessions "
+          "after the timed rounds (profiling slows every call). Preprocessing and postprocessing are not in "
+          "the graph; see the stages above.\n\n")
+        w(render_profile(report["profile"]) + "\n")
     if report["skipped"]:
         w("## Not run\n\n" + "".join(f"- {s['backend']}:{s['precision']}: {s['reason']}\n" for s in report["skipped"]) + "\n")
     if report["warnings"] or report["notes"] or cost.get("notes"):

@@ -16,7 +16,7 @@ from prn_edge.contract.metadata import read_metadata
 from prn_edge.contract.model_folder import precision_of
 from prn_edge.errors import PRNError, first_line, require
 
-__all__ = ["PROVIDERS", "OnnxRuntimeEngine"]
+__all__ = ["PROVIDERS", "OnnxRuntimeEngine", "summarize_profile"]
 
 #: ONNX Runtime execution providers of each runtime backend name, in order of preference.
 PROVIDERS = {
@@ -36,6 +36,8 @@ class OnnxRuntimeEngine(Engine):
             that this onnxruntime build lacks are dropped (CUDA / TensorRT providers exist only
             in onnxruntime-gpu); asking only for missing ones is an error.
         threads: intra-op threads (0 = ORT's default, one per core).
+        profile_dir: record ORT's per-node profile into this folder (for :meth:`op_profile`);
+            profiling slows every call, so timed runs never use it.
 
     Raises:
         PRNError: onnxruntime missing, the file missing or not a PRN export, or ORT refusing it.
@@ -43,7 +45,8 @@ class OnnxRuntimeEngine(Engine):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None, threads: int = 0,
+                 profile_dir: str | os.PathLike | None = None) -> None:
         ort = require("onnxruntime", "the ONNX Runtime engine")
         self.path = Path(path)
         if not self.path.is_file():
@@ -58,6 +61,9 @@ class OnnxRuntimeEngine(Engine):
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3   # ORT warns about every unused initializer otherwise
+        if profile_dir is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(profile_dir) / "ort-profile")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=usable)
         except Exception as exc:
@@ -77,9 +83,45 @@ class OnnxRuntimeEngine(Engine):
         maps, scores = self.session.run(self._outputs, {self._input: images})    # (B, 1, S, S), (B,)
         return maps[:, 0], scores
 
+    def op_profile(self) -> dict[str, dict[str, float]]:
+        """End profiling (the engine was built with ``profile_dir``) and sum it per operator type.
+
+        Returns:
+            :func:`summarize_profile` of every call since the engine was built.
+        """
+        import json
+
+        path = self.session.end_profiling()
+        if not path:
+            raise PRNError(f"{self.name}: not built with profile_dir, so there is no profile")
+        with open(path, encoding="utf-8") as handle:
+            return summarize_profile(json.load(handle))
+
     def _describe(self) -> dict[str, Any]:
         return {"providers": self.providers}
 
     def close(self) -> None:
         """Drop the session (ORT frees its memory with it)."""
         self.session = None
+
+
+def summarize_profile(events: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """ORT profile events (chrome-trace JSON) -> ``{op type: {"us": total, "nodes": n, "calls": n}}``.
+
+    Only the kernels' own time counts (``Node`` events named ``..._kernel_time``): session and
+    input-copy overhead is not any operator's. Quantized graphs name their fused kernels
+    (``QLinearConv``, ``QuantizeLinear``) as ORT runs them, which is the point of looking.
+    """
+    totals: dict[str, dict[str, float]] = {}
+    nodes: dict[str, set[str]] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        op = event.get("args", {}).get("op_name", "?")
+        entry = totals.setdefault(op, {"us": 0.0, "nodes": 0, "calls": 0})
+        entry["us"] += float(event.get("dur", 0))
+        entry["calls"] += 1
+        nodes.setdefault(op, set()).add(event["name"])
+    for op, entry in totals.items():
+        entry["nodes"] = len(nodes[op])
+    return dict(sorted(totals.items(), key=lambda item: -item[1]["us"]))
