@@ -45,10 +45,12 @@ def profile_engines(candidates: Sequence, *, threads: int = 0, runs: int = PROFI
                                                       dtype=np.uint8)
             # ORT cannot pause its profiler, so the first call (which allocates) counts too: one in
             # ``runs``, a few percent at most.
-            for _ in range(runs):
-                engine.predict(image)
-            ops = engine.op_profile()
-            engine.close()
+            try:
+                for _ in range(runs):
+                    engine.predict(image)
+                ops = engine.op_profile()
+            finally:
+                engine.close()
         total = sum(o["us"] for o in ops.values()) or 1.0
         calls = runs
         profiles[c.key] = {

@@ -27,9 +27,9 @@ from pathlib import Path
 from prn_edge.cli import (
     ArgumentParser,
     bounded_float,
-    thread_count,
     positive_int,
     run_cli,
+    thread_count,
 )
 from prn_edge.runtime.api import EXIT_SOURCE_FAILED  # noqa: F401 - the exit status, documented here too
 

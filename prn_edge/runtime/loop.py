@@ -377,17 +377,11 @@ class InspectionLoop:
         written it (a kill or a full disk loses queued images), not after the cap removed it."""
         if self.images is None or self.store is None:
             return
-        removed: list[str] = []
-        for change, sequence, name in self.images.take_changes():
-            if change == "removed":
-                removed.append(name)
-                continue
-            if removed:
-                self.store.images_removed(removed)
-                removed = []
-            self.store.image_written(self.run_id, sequence, name)
-        if removed:
-            self.store.images_removed(removed)
+        for change, sequence, name in self.images.take_changes():   # in order: written, then maybe removed
+            if change == "written":
+                self.store.image_written(self.run_id, sequence, name)
+            else:
+                self.store.images_removed([name])
 
     def _finish(self, seconds: float) -> None:
         s = self.summary

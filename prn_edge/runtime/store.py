@@ -312,16 +312,11 @@ class AnomalyImageWriter:
             return None
         while self._files and self.bytes + need > self.max_bytes:
             path, size = self._files.popleft()
+            self._evict(path, size)
             # A frame and its overlay go together: the record names the overlay, the frame is the evidence.
-            pair = path.name.endswith("_frame.png") and self._files and \
-                self._files[0][0].name == path.name[:-len("_frame.png")] + "_overlay.jpg"
-            for path, size in [(path, size)] + ([self._files.popleft()] if pair else []):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                self.bytes -= size
-                self.evicted += 1
-                if path.name.endswith("_overlay.jpg"):
-                    self._changes.append(("removed", None, path.name))
+            overlay = path.name.replace("_frame.png", "_overlay.jpg")
+            if overlay != path.name and self._files and self._files[0][0].name == overlay:
+                self._evict(*self._files.popleft())
         done = []
         try:
             for path, data in blobs:
@@ -339,6 +334,14 @@ class AnomalyImageWriter:
         self.written += 1
         self._changes.append(("written", key, blobs[1][0].name))
         return blobs[1][0].name
+
+    def _evict(self, path: Path, size: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.bytes -= size
+        self.evicted += 1
+        if path.name.endswith("_overlay.jpg"):
+            self._changes.append(("removed", None, path.name))
 
     def take_changes(self) -> list[tuple[str, Any, str]]:
         """``("written", key, overlay name)`` and ``("removed", None, overlay name)`` since the last call, in order."""
