@@ -210,6 +210,34 @@ def test_a_failed_image_write_is_not_named_by_its_record(tmp_path, monkeypatch):
                                                             for _, img in rows if img}
 
 
+def test_a_store_failing_after_the_insert_still_counts_the_stored_frame(tmp_path):
+    """CI, stop 20: the disk filled between a frame's INSERT and the UPDATE naming its image;
+    the error said 3 frames were recorded while the database held 4. The count follows the inserts."""
+
+    class FullAfterThreeImages(SQLiteStore):
+        named = 0
+
+        def image_written(self, run_id, sequence, name):
+            if self.named == 3:
+                raise PRNError("database or disk is full")
+            self.named += 1
+            super().image_written(run_id, sequence, name)
+
+    class WritesAtOnce(AnomalyImageWriter):     # no writer thread: the image is written before the UPDATE
+        def submit(self, stem, frame, render, key=None):
+            return self.write(stem, frame, render(), key)
+
+    source = SyntheticSource(frames([250] * 20, (120, 160)), count=20)      # every frame anomalous
+    images = WritesAtOnce(tmp_path / "img")
+    loop = InspectionLoop(Pipeline(FakeEngine(size=64)), source, FullAfterThreeImages(tmp_path / "r.db"),
+                          images=images)
+    with pytest.raises(PRNError, match="disk is full"):
+        loop.run()
+    loop.store.close()
+    stored = sqlite3.connect(tmp_path / "r.db").execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+    assert loop.summary.frames == stored == 4
+
+
 def test_vanishing_device_is_reconnected_and_counted(tmp_path):
     source = SyntheticSource(frames(range(0, 200, 10)), count=20, fail_at={5, 12}, fail_open=2)
     seen = []

@@ -366,9 +366,10 @@ class InspectionLoop:
                               "threshold": detection.threshold, "anomalous": detection.anomalous,
                               "regions": [r.to_dict() for r in detection.regions],
                               "latency_ms": latency, "image": None})   # named once it is on disk
-            self._record_image_changes()     # after the insert: this frame's image may be among them
-        self.latency.add(latency)
+        # Counted once stored: naming an image below can fail (a full disk) after the insert held.
         self.summary.frames += 1
+        self.latency.add(latency)
+        self._record_image_changes()         # after the insert: this frame's image may be among them
         if self.on_result is not None:
             self.on_result(frame, detection, latency)
 
