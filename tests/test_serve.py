@@ -288,6 +288,7 @@ class Server:
         raise AssertionError("prn-serve was not ready within 90 s")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> tuple[int, str]:
+        self.client.close()   # an open keep-alive connection holds tritonserver's exit for its timeout
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
@@ -433,6 +434,7 @@ def test_sigterm_stops_the_server_cleanly(exported):
     assert status == 0, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("prn-serve: stopped after"), err
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "tritonserver outlived prn-serve"
-    for port in (running.http, running.grpc, running.metrics):   # every port is free again
+    for port in (running.http, running.grpc, running.metrics):   # every port is free again (as a restart binds)
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
