@@ -22,6 +22,20 @@ test: install
 clean:
 	rm -rf $(VENV) build *.egg-info
 
+# prn-serve's server (tests/test_serve.py; best effort in .ci/run): PyTriton's backend stub links against
+# the system's libpython, so this venv is made by the distribution's own Python, never by $(PYTHON) if
+# that is another build (pyenv, conda). ~20 s and ~600 MB (tritonserver, ONNX Runtime, OpenCV, numpy).
+SYSTEM_PYTHON ?= /usr/bin/python3
+SERVE_VENV ?= .venv-serve
+
+.PHONY: serve-env
+serve-env: $(SERVE_VENV)/.installed
+
+$(SERVE_VENV)/.installed: setup.py
+	$(SYSTEM_PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q -e '.[serve]'
+	touch $@
+
 # --------------------------------------------------------------------------------------
 # Committed results under benchmarks/results/: one target each, regenerated from a fresh clone.
 # Inputs are arguments, never paths one script assumes of another: where one result needs
@@ -39,7 +53,7 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 	--out $(BOTTLE_EXPORT) --results $(RESULTS) --threads $(THREADS) --latency-rounds 30
 
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
-	results-emulator-mutations results-runtime-gpu results-reliability
+	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -68,6 +82,17 @@ results-bench: $(BOTTLE_EXPORT)/export_report.json install   # bench_bottle.{jso
 	$(VENV)/bin/prn-bench --model $(BOTTLE_EXPORT) --checkpoint $(BOTTLE_CKPT) --batch 1,8 --duration 30 \
 		--threads $(THREADS) --precisions fp32,fp16,int8 --json $(RESULTS)/bench_bottle.json \
 		--md $(RESULTS)/bench_bottle.md --plot $(RESULTS)/bench_bottle.png
+
+# MinMax vs percentile vs entropy INT8 ranges on the demo model, bottle-edge and tile-edge (each trained
+# first if missing); per-model measurements are kept in $(RUNS)/int8-calibration. ~2 h after the checkpoints.
+results-int8-calibration: $(BOTTLE_CKPT) install   # int8_calibration.{md,json}
+	$(PY) -m prn_edge.demo --root $(RUNS)/demo --threads $(THREADS) --skip eval,export,inspect,bench
+	$(PY) benchmarks/accuracy.py train --only tile-edge --threads $(THREADS) --data-root $(DATA_ROOT) \
+		--runs $(RUNS)/accuracy
+	$(PY) benchmarks/int8_calibration.py --model demo $(RUNS)/demo/train/checkpoint.pt $(RUNS)/demo/data/demo_brick \
+		--model bottle $(BOTTLE_CKPT) $(DATA_ROOT)/mvtec_ad/bottle \
+		--model magnetic-tile $(RUNS)/accuracy/tile-edge/checkpoint.pt $(DATA_ROOT)/magnetic_tile \
+		--threads $(THREADS) --work $(RUNS)/int8-calibration --out $(RESULTS)
 
 results-reliability: install                    # reliability.md; ~7 min: the chaos suite, kills included
 	$(PY) benchmarks/reliability.py --out $(RESULTS)/reliability.md

@@ -21,9 +21,13 @@ extras = {
     # No pycuda: it does not build without a driver (docs/platform.md, "What installs where").
     "gpu": ["cupy-cuda12x>=13"],
     "demo": ["scikit-image>=0.21"],  # the embedded default's CC0 photos (python -m prn_edge.demo)
+    # prn-serve: PyTriton's tritonserver runs only under the distribution's own Python (make serve-env
+    # builds that venv); onnx reads the graph's I/O for `prn-serve repo`; tritonclient is the client.
+    "serve": ["nvidia-pytriton>=0.5", "onnxruntime>=1.18", "onnx>=1.16", "tritonclient[grpc,http]>=2.40"],
 }
+# dev: the client and Triton's protobufs (tests/test_serve.py), not PyTriton (wrong Python here).
 extras["dev"] = sorted(set(extras["train"] + extras["export"] + extras["demo"] + [
-    "pytest>=7", "pytest-timeout>=2"]))
+    "pytest>=7", "pytest-timeout>=2", "tritonclient[grpc,http]>=2.40"]))
 
 setup(
     name="prn-edge",
@@ -48,5 +52,6 @@ setup(
         "prn-export = prn_edge.export.cli:main",
         "prn-inspect = prn_edge.runtime.cli:main",
         "prn-bench = prn_edge.bench.cli:main",
+        "prn-serve = prn_edge.serve.cli:main",
     ]},
 )

@@ -19,6 +19,7 @@ from typing import Any
 
 from prn_edge.contract.model_folder import resolve_model_folder
 from prn_edge.errors import PRNError
+from prn_edge.export.int8 import DEFAULT_CALIBRATION_METHOD, check_calibration_method
 from prn_edge.validate import MAX_SEED, MAX_THREADS, check_number
 
 __all__ = ["EXIT_INT8_GATE", "ExportResult", "export", "summary_text"]
@@ -78,6 +79,7 @@ def _positive_int(flag: str, value) -> int:
 
 def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = None, fp16: bool = False,
            int8: bool = False, engine: bool = False, calib: str | os.PathLike | None = None, calib_count: int = 32,
+           calib_method: str = DEFAULT_CALIBRATION_METHOD, calib_percentile: float | None = None,
            data: str | os.PathLike | None = None, tolerance: float = 0.5, seed: int = 0, threads: int = 2,
            latency_rounds: int = 15, max_batch: int = 8, plugin_lib: str | os.PathLike | None = None,
            no_progress: bool = False, command: str | None = None,
@@ -88,7 +90,8 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
     ``fp16`` / ``int8`` add those precisions (INT8 only if it keeps image AUROC, pixel AUROC and
     PRO within ``tolerance`` points of FP32), ``engine`` a TensorRT engine per precision. The
     arguments are ``prn-export``'s flags, same defaults (``out`` defaults to ``export`` beside
-    the checkpoint); ``say`` receives progress lines (default: stderr, ``prn-export: ...``),
+    the checkpoint; ``calib_method`` is minmax, percentile or entropy, ``calib_percentile`` the percentile
+    method's); ``say`` receives progress lines (default: stderr, ``prn-export: ...``),
     ``command`` is what the report records as the command (default: this call).
 
     Returns:
@@ -98,6 +101,7 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
         PRNError: bad input (nothing written), or a failing step (the output folder as before).
     """
     _positive_int("--calib-count", calib_count)
+    check_calibration_method(calib_method, calib_percentile)
     check_number("--threads", threads, low=1, high=MAX_THREADS, integer=True, optional=False)
     check_number("--seed", seed, low=0, high=MAX_SEED, integer=True, optional=False)
     _positive_int("--latency-rounds", latency_rounds)
@@ -115,7 +119,8 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
                   f"engine={engine})"
     options = ExportOptions(
         checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, engine=engine,
-        calib=None if calib is None else Path(calib), calib_count=calib_count,
+        calib=None if calib is None else Path(calib), calib_count=calib_count, calib_method=calib_method,
+        calib_percentile=None if calib_percentile is None else float(calib_percentile),
         data=None if data is None else Path(data), tolerance=float(tolerance), seed=seed, threads=threads,
         latency_rounds=latency_rounds, max_batch=max_batch,
         plugin_library=None if plugin_lib is None else Path(plugin_lib), progress=not no_progress,

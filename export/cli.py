@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from prn_edge.cli import ArgumentParser, bounded_float, positive_int, positive_thread_count, run_cli, seed_number
+from prn_edge.export.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD, DEFAULT_PERCENTILE
 
 PROG = "prn-export"
 
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint's train/good)")
     p.add_argument("--calib-count", type=positive_int, default=32, metavar="N",
                    help="calibration images drawn from --calib (default 32, seeded by --seed)")
+    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=DEFAULT_CALIBRATION_METHOD,
+                   help="how INT8 activation ranges are set from the calibration images: minmax (largest "
+                        "magnitude seen), percentile (--calib-percentile of |x|) or entropy (least KL "
+                        f"divergence); symmetric either way (default {DEFAULT_CALIBRATION_METHOD}; "
+                        "benchmarks/results/int8_calibration.md compares them)")
+    p.add_argument("--calib-percentile", type=bounded_float("a percentile", 0, 100, low_open=True), metavar="P",
+                   help=f"the percentile of --calib-method percentile (default {DEFAULT_PERCENTILE})")
     p.add_argument("--data", type=Path, metavar="DIR",
                    help="MVTec-layout category to measure accuracy on (default: the one the checkpoint "
                         "trained on; its seen anomalies are left out)")
@@ -79,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
         result = export(
             args.checkpoint, out=args.out, fp16=args.fp16, int8=args.int8, engine=args.engine, calib=args.calib,
-            calib_count=args.calib_count, data=args.data, tolerance=args.tolerance, seed=args.seed,
+            calib_count=args.calib_count, calib_method=args.calib_method, calib_percentile=args.calib_percentile,
+            data=args.data, tolerance=args.tolerance, seed=args.seed,
             threads=args.threads, latency_rounds=args.latency_rounds, max_batch=args.max_batch,
             plugin_lib=args.plugin_lib, no_progress=args.no_progress,
             command=" ".join([PROG] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]))

@@ -10,7 +10,13 @@ Quantization (ONNX Runtime's ``quantize_static``, QDQ format):
   (zero point 0), which is what TensorRT's Q/DQ fusion expects. Everything else (the
   ``prn`` calls' distance GEMM and softmax, resize, the score) stays float: the fused ops
   reduce in FP32 by design (plugin_spec.py).
-* Static ranges (MinMax) from a stated number of normal images, drawn with a seed.
+* Static ranges from a stated number of normal images, drawn with a seed, by one of
+  :data:`CALIBRATION_METHODS` (:func:`calibrate`), once per export: every trial of the gate
+  search reuses them. MinMax is the default: on every model measured it kept the fewest
+  convolutions in float (benchmarks/results/int8_calibration.md). Percentile and entropy ranges
+  clip the tails of the normal images' activations, where an anomaly's evidence probably lies;
+  they lower the all-INT8 drop on some models but make the stem and early blocks in float
+  insufficient, and the search then keeps far more.
   Dynamic quantization is 4-5x slower on these CPUs (docs/platform.md, "CPU speed") and does not exist in
   TensorRT.
 
@@ -25,15 +31,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from prn_edge.errors import PRNError, first_line, require
+from prn_edge.validate import check_number
 
 DEFAULT_CALIBRATION_IMAGES = 32
 CALIBRATION_BATCH = 4
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIBRATION_METHOD = "minmax"
+DEFAULT_PERCENTILE = 99.999
+HISTOGRAM_BINS = 2048            # TensorRT's and pytorch-quantization's histogram calibrators use 2048 too
 
 
 @dataclass(frozen=True)
@@ -97,14 +108,136 @@ class _Reader:
         return next(self._batches, None)
 
 
-def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray, *,
-                  keep_float: Iterable[str] = (), activations: str = "s8") -> Path:
+@dataclass(frozen=True)
+class Calibration:
+    """Activation ranges of the FP32 model, computed once and reused by every quantization trial.
+
+    The ranges depend on the FP32 model and the images only, not on which convolutions stay in
+    float, so the gate search calibrates once (the histogram methods take a minute) and quantizes
+    many times.
+    """
+
+    method: str
+    percentile: float | None                   # the percentile method's only
+    activations: str                           # s8 or u8: symmetric or not
+    ranges: dict[str, tuple[float, float]]     # tensor -> (low, high)
+    images: int
+    seconds: float
+    input_name: str = "image"
+    image_shape: tuple[int, ...] = ()          # (S, S, 3) of one calibration image
+
+    def record(self) -> dict:
+        """What the export report says about it."""
+        out: dict = {"method": self.method}
+        if self.method == "percentile":
+            out["percentile"] = self.percentile
+        if self.method != "minmax":
+            out["histogram_bins"] = HISTOGRAM_BINS
+        out["seconds"] = round(self.seconds, 1)
+        return out
+
+
+def check_calibration_method(method: str, percentile: float | None = None) -> tuple[str, float | None]:
+    """``(method, percentile)`` checked, the percentile method's default filled in.
+
+    Raises:
+        PRNError: an unknown method, a percentile outside (0, 100], or one given to another method.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise PRNError(f"--calib-method expects one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    if method != "percentile":
+        if percentile is not None:
+            raise PRNError(f"--calib-percentile applies to --calib-method percentile only, not {method}")
+        return method, None
+    if percentile is None:
+        return method, DEFAULT_PERCENTILE
+    return method, float(check_number("--calib-percentile", percentile, low=0, high=100, low_open=True,
+                                      optional=False))
+
+
+def calibrate(fp32_path: str | os.PathLike, images: np.ndarray, *, method: str = DEFAULT_CALIBRATION_METHOD,
+              percentile: float | None = None, activations: str = "s8", threads: int = 0) -> Calibration:
+    """Activation ranges of every ``Conv`` input and output, with ONNX Runtime's calibrators.
+
+    * ``minmax``: the largest magnitude seen. One outlier pixel sets the step for the whole tensor.
+    * ``percentile``: the ``percentile``-th percentile of ``|x|`` (S8) or of ``x`` at both ends (U8),
+      from a 2048-bin histogram.
+    * ``entropy``: the clipping threshold whose quantized histogram is closest (KL divergence) to
+      the float one, from a 2048-bin histogram (ORT's default of 128 bins leaves a single candidate,
+      the maximum: MinMax under another name; ``quantize_static`` cannot pass the bin count).
+
+    The images go through the model one batch at a time and each batch is folded into the
+    histograms before the next: ORT's own loop keeps every batch's activations until the end
+    (on the demo model, 32 images at 256 px: 4.4 GB peak against 0.8 GB here).
+
+    Args:
+        fp32_path: the exported FP32 ONNX.
+        images: uint8 ``(N, S, S, 3)`` normal images.
+        method: one of :data:`CALIBRATION_METHODS`.
+        percentile: the percentile method's percentile (default :data:`DEFAULT_PERCENTILE`).
+        activations: ``s8`` or ``u8``, as :func:`quantize_int8`'s.
+        threads: ONNX Runtime intra-op threads (0: its default).
+
+    Raises:
+        PRNError: bad arguments, onnxruntime missing, or the calibration failing.
+    """
+    quantization = require("onnxruntime.quantization", "INT8 quantization (pip install onnxruntime)")
+    _check_images(images)
+    _check_activations(activations)
+    method, percentile = check_calibration_method(method, percentile)
+    import contextlib
+    import io
+    import tempfile
+    import time
+
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    symmetric = activations == "s8"
+    kind, settings = {
+        "minmax": (quantization.CalibrationMethod.MinMax, {"symmetric": symmetric}),
+        "percentile": (quantization.CalibrationMethod.Percentile,
+                       {"symmetric": symmetric, "percentile": percentile, "num_bins": HISTOGRAM_BINS}),
+        "entropy": (quantization.CalibrationMethod.Entropy,
+                    {"symmetric": symmetric, "num_bins": HISTOGRAM_BINS, "num_quantized_bins": 128}),
+    }[method]
+    start = time.perf_counter()
+    try:
+        # ORT prints progress on stdout for every batch; prn-export's stdout is its summary.
+        with tempfile.TemporaryDirectory(prefix="prn-calibration-") as tmp, \
+                contextlib.redirect_stdout(io.StringIO()):
+            calibrator = create_calibrator(Path(fp32_path), ["Conv"], augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                           calibrate_method=kind, extra_options=settings)
+            session = ort.SessionOptions()   # create_calibrator's own session takes every core
+            session.intra_op_num_threads = max(0, threads)
+            session.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            calibrator.infer_session = ort.InferenceSession(calibrator.augmented_model_path, session,
+                                                            providers=["CPUExecutionProvider"])
+            input_name = calibrator.infer_session.get_inputs()[0].name
+            for i in range(0, len(images), CALIBRATION_BATCH):
+                calibrator.collect_data(_Reader(images[i:i + CALIBRATION_BATCH], input_name))
+            data = calibrator.compute_data()
+            del calibrator, session
+    except Exception as exc:  # ORT's calibrators raise plain Exceptions from deep inside
+        raise PRNError(f"INT8 calibration ({method}) of {fp32_path} failed: {first_line(exc)}") from exc
+    ranges = {name: (float(np.ravel(t.range_value[0])[0]), float(np.ravel(t.range_value[1])[0]))
+              for name, t in data.data.items()}
+    return Calibration(method, percentile, activations, ranges, len(images), time.perf_counter() - start,
+                       input_name, tuple(images.shape[1:]))
+
+
+def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray | Calibration,
+                  *, keep_float: Iterable[str] = (), activations: str = "s8",
+                  calibration_method: str = DEFAULT_CALIBRATION_METHOD, percentile: float | None = None,
+                  threads: int = 0) -> Path:
     """Write the INT8 Q/DQ model.
 
     Args:
         fp32_path: the exported FP32 ONNX.
         out_path: where to write (the caller makes it atomic: this writes the path given).
-        calibration: uint8 ``(N, S, S, 3)`` normal images.
+        calibration: uint8 ``(N, S, S, 3)`` normal images, calibrated here with
+            ``calibration_method`` / ``percentile`` / ``threads`` (see :func:`calibrate`), or a
+            :class:`Calibration` made before (those three are then its own).
         keep_float: ONNX node names of convolutions to leave in float.
         activations: ``s8`` symmetric INT8 (what TensorRT requires; the default) or ``u8``
             asymmetric UINT8 (faster in ONNX Runtime on x86 CPUs; not for TensorRT).
@@ -116,12 +249,19 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         PRNError: onnxruntime's quantization tools missing, or quantization failing.
     """
     quantization = require("onnxruntime.quantization", "INT8 quantization (pip install onnxruntime)")
-    if calibration.ndim != 4 or calibration.dtype != np.uint8 or len(calibration) == 0:
-        raise PRNError(f"calibration images must be a non-empty uint8 (N, S, S, 3) array, got "
-                       f"{calibration.dtype} {calibration.shape}")
-    if activations not in ("s8", "u8"):
-        raise PRNError(f"activations must be s8 or u8, got {activations!r}")
+    _check_activations(activations)
+    if not isinstance(calibration, Calibration):
+        calibration = calibrate(fp32_path, calibration, method=calibration_method, percentile=percentile,
+                                activations=activations, threads=threads)
+    elif calibration.activations != activations:
+        raise PRNError(f"the calibration was made for {calibration.activations} activations, not {activations}")
     symmetric = activations == "s8"
+    # The ranges go in as per-tensor overrides (a calibration cache file is newer than the ORT we
+    # support); quantize_static still runs its own MinMax pass, so it gets one blank image: every
+    # range it finds is overridden.
+    overrides = {name: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+                 for name, (low, high) in calibration.ranges.items()}
+    probe = np.zeros((1, *calibration.image_shape), np.uint8)
     import logging
 
     root = logging.getLogger()
@@ -129,19 +269,31 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     root.setLevel(logging.ERROR)   # ORT logs a pre-processing hint on every call
     try:
         quantization.quantize_static(
-            str(fp32_path), str(out_path), _Reader(calibration, "image"),
+            str(fp32_path), str(out_path), _Reader(probe, calibration.input_name),
             quant_format=quantization.QuantFormat.QDQ, per_channel=True,
             activation_type=quantization.QuantType.QInt8 if symmetric else quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
             op_types_to_quantize=["Conv"], nodes_to_exclude=sorted(keep_float),
             calibrate_method=quantization.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                           "TensorQuantOverrides": overrides})
     except Exception as exc:  # ORT's quantizer raises plain Exceptions from deep inside
         raise PRNError(f"INT8 quantization of {fp32_path} failed: {first_line(exc)}") from exc
     finally:
         root.setLevel(level)
     _set_precision(out_path)
     return Path(out_path)
+
+
+def _check_images(images) -> None:
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
+        raise PRNError(f"calibration images must be a non-empty uint8 (N, S, S, 3) array, got "
+                       f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
+
+
+def _check_activations(activations: str) -> None:
+    if activations not in ("s8", "u8"):
+        raise PRNError(f"activations must be s8 or u8, got {activations!r}")
 
 
 def _set_precision(path) -> None:
@@ -201,6 +353,7 @@ class GateOutcome:
     kept: tuple[ConvGroup, ...]
     ranked: tuple[Sensitivity, ...]   # empty when all-INT8 passed at once
     all_int8_drop: float              # worst drop with every convolution in INT8
+    all_int8: dict[str, float] = field(default_factory=dict)   # that trial's metrics
 
 
 def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[str, float]],
@@ -220,10 +373,10 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
     (beyond that the model is not INT8 any more): then ``passed`` is False and ``kept`` names
     the groups that cost the accuracy, in order of how much (``ranked`` has every group).
     """
-    metrics = trial(set())
+    metrics = all_int8 = trial(set())
     drop = first = worst_drop(reference, metrics, gated)
     if drop <= tolerance:
-        return GateOutcome(True, metrics, drop, (), (), first)
+        return GateOutcome(True, metrics, drop, (), (), first, all_int8)
 
     def attempt(kept: list[ConvGroup]) -> tuple[dict[str, float], float]:
         progress(f"INT8 with {', '.join(g.name for g in kept)} in float")
@@ -234,7 +387,7 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
     for count in range(1, min(prefix_limit, len(groups) - 1) + 1):
         metrics, drop = attempt(groups[:count])
         if drop <= tolerance:
-            return GateOutcome(True, metrics, drop, tuple(groups[:count]), (), first)
+            return GateOutcome(True, metrics, drop, tuple(groups[:count]), (), first, all_int8)
 
     progress(f"still {drop:.2f} points: ranking the network's parts by sensitivity")
     ranked = sensitivity(groups, trial, reference, gated, progress)
@@ -244,4 +397,4 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
         metrics, drop = attempt(kept)
         if drop <= tolerance:
             break
-    return GateOutcome(drop <= tolerance, metrics, drop, tuple(kept), tuple(ranked), first)
+    return GateOutcome(drop <= tolerance, metrics, drop, tuple(kept), tuple(ranked), first, all_int8)

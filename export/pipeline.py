@@ -31,6 +31,7 @@ import numpy as np
 from prn_edge.errors import DataError, PRNError
 
 from prn_edge.contract.model_folder import ModelFolder, new_staging, remove_leftovers
+from prn_edge.export.int8 import DEFAULT_CALIBRATION_METHOD, check_calibration_method
 
 GATED = ("image_auroc", "pixel_auroc", "pro")
 METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
@@ -49,6 +50,8 @@ class ExportOptions:
     engine: bool = False
     calib: Path | None = None          # default: the checkpoint's train/good
     calib_count: int = 32
+    calib_method: str = DEFAULT_CALIBRATION_METHOD   # int8.CALIBRATION_METHODS
+    calib_percentile: float | None = None   # the percentile method's (default int8.DEFAULT_PERCENTILE)
     data: Path | None = None           # evaluation category; default: the checkpoint's
     tolerance: float = DEFAULT_TOLERANCE
     seed: int = 0
@@ -70,6 +73,7 @@ class _Prepared:
     calibration: np.ndarray | None
     calibration_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    calibration_source: Path | None = None
 
 
 def run_export(options: ExportOptions, say: Callable[[str], None] | None = None) -> tuple[dict[str, Any], int]:
@@ -122,6 +126,7 @@ def _export_lock(out: Path):
 def _prepare(options: ExportOptions, say) -> _Prepared:
     from prn_edge.runtime.backends.torch import TorchEngine
 
+    check_calibration_method(options.calib_method, options.calib_percentile)
     _set_torch_threads(options.threads)
     predictor = TorchEngine.from_checkpoint(options.checkpoint)
     checkpoint = predictor.checkpoint
@@ -129,7 +134,7 @@ def _prepare(options: ExportOptions, say) -> _Prepared:
     recorded_root = Path(data_record["root"]) if data_record.get("root") else None
     notes: list[str] = []
 
-    calibration, calibration_files = None, []
+    calibration, calibration_files, source = None, [], None
     if options.int8:
         source = options.calib or (recorded_root / "train" / "good" if recorded_root else None)
         if source is None:
@@ -156,7 +161,7 @@ def _prepare(options: ExportOptions, say) -> _Prepared:
     else:
         notes.append(f"no evaluation set (the checkpoint's data {recorded_root} is not here and no --data): "
                      "accuracy was not measured")
-    return _Prepared(predictor, category, exclude, calibration, calibration_files, notes)
+    return _Prepared(predictor, category, exclude, calibration, calibration_files, notes, source)
 
 
 def load_calibration(source: Path, count: int, seed: int, size: int) -> tuple[np.ndarray, list[str]]:
@@ -328,12 +333,17 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     """Quantize; if the gate fails, rank the conv groups and keep the worst in float until it holds.
 
     ``reference`` holds the FP32 ONNX's metrics: the gate compares like with like (same runtime).
+    Calibrates once: the ranges do not depend on what stays in float.
     """
-    from prn_edge.export.int8 import conv_groups, quantize_int8, search_keep_float
+    from prn_edge.export.int8 import calibrate, conv_groups, quantize_int8, search_keep_float
 
     onnx = _onnx()
+    start = time.perf_counter()
+    say(f"calibrating INT8 ranges ({options.calib_method})")
+    calibration = calibrate(fp32_path, prep.calibration, method=options.calib_method,
+                            percentile=options.calib_percentile, threads=options.threads)
     record: dict[str, Any] = {
-        "calibration": {"images": len(prep.calibration), "seed": options.seed,
+        "calibration": {**calibration.record(), "images": len(prep.calibration), "seed": options.seed,
                         "source": str(options.calib) if options.calib else "checkpoint's train/good",
                         "files": prep.calibration_files},
         "tolerance_points": options.tolerance, "gated": list(GATED), "keep_float": [], "trials": 0,
@@ -341,7 +351,7 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
 
     def trial(keep: set[str]) -> dict[str, Any]:
         record["trials"] += 1
-        quantize_int8(fp32_path, out_path, prep.calibration, keep_float=keep)
+        quantize_int8(fp32_path, out_path, calibration, keep_float=keep)
         return evaluation.onnx("int8", out_path, quiet=True)
 
     say("quantizing to INT8 (all convolutions)")
@@ -350,11 +360,13 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     record["result"] = outcome.metrics
     record["worst_drop_points"] = round(outcome.worst_drop, 3)
     record["all_int8_worst_drop_points"] = round(outcome.all_int8_drop, 3)
+    record["all_int8_delta_points"] = {k: round(100 * (outcome.all_int8[k] - reference[k]), 3) for k in METRICS}
     record["sensitivity"] = [{"group": s.group.name, "convs": len(s.group.nodes),
                               "worst_drop_points_with_group_in_float": round(s.worst_drop, 3)}
                              for s in outcome.ranked]
     record["keep_float"] = [{"group": g.name, "nodes": list(g.nodes), "modules": list(g.modules)}
                             for g in outcome.kept]
+    record["seconds"] = round(time.perf_counter() - start, 1)
     if outcome.passed:
         say(f"INT8 gate passed: worst drop {outcome.worst_drop:.2f} points (tolerance {options.tolerance}), "
             f"{sum(len(g.nodes) for g in outcome.kept)} convolutions kept in float")
@@ -364,6 +376,43 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     with contextlib.suppress(FileNotFoundError):
         out_path.unlink()
     return record, False
+
+
+class Int8Study:
+    """The export's INT8 step alone, repeated with other calibration settings (benchmarks/int8_calibration.py).
+
+    Prepares like ``prn-export --int8`` (checks, calibration images, evaluation set), exports the
+    FP32 ONNX into ``workdir`` and scores it and the PyTorch model once; :meth:`run` is then the
+    export's own calibration, gate search and evaluation, under changed options.
+    """
+
+    def __init__(self, options: ExportOptions, workdir: Path, say: Callable[[str], None] | None = None) -> None:
+        from prn_edge.export.onnx_export import export_onnx
+
+        if not options.int8:
+            raise PRNError("Int8Study needs ExportOptions(int8=True)")
+        self.say = say or (lambda line: print(f"int8: {line}", file=sys.stderr, flush=True))
+        self.options, self.workdir = options, Path(workdir)
+        self.prep = _prepare(options, self.say)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.fp32_path = self.workdir / "model.onnx"
+        export_onnx(options.checkpoint, self.fp32_path)
+        self.evaluation = _Evaluation(options, self.prep, self.say)
+        self.reference = self.evaluation.torch()
+        self.fp32 = self.evaluation.onnx("fp32", self.fp32_path)
+
+    def run(self, **changes) -> tuple[dict[str, Any], bool]:
+        """``(the report's int8 section, gate passed)`` with ``changes`` to the options (``calib_method=...``)."""
+        import dataclasses
+
+        options = dataclasses.replace(self.options, **changes)
+        prep = self.prep
+        if (options.calib_count, options.seed) != (self.options.calib_count, self.options.seed):
+            images, files = load_calibration(prep.calibration_source, options.calib_count, options.seed,
+                                             prep.predictor.image_size)
+            prep = dataclasses.replace(prep, calibration=images, calibration_files=files)
+        return _int8(options, prep, self.fp32_path, self.workdir / "model.int8.onnx", self.evaluation, self.fp32,
+                     self.say)
 
 
 def _engines(options: ExportOptions, paths: dict[str, Path], metadata: dict[str, Any], layout: ModelFolder,

@@ -21,7 +21,7 @@ LAYERS = [
     ("data", "checkpoint"),
     ("runtime", "baseline"),
     ("eval", "train", "bench"),
-    ("export",),
+    ("export", "serve"),
     ("demo", "api"),
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
