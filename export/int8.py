@@ -137,6 +137,20 @@ class Calibration:
         return out
 
 
+def describe_calibration(record: dict) -> str:
+    """How the report names the ranges of a :meth:`Calibration.record` (``MinMax ranges`` ...).
+
+    A report written before ``--calib-method`` existed has no ``method``: its ranges were MinMax.
+    """
+    method = record.get("method", "minmax")
+    bins = record.get("histogram_bins", HISTOGRAM_BINS)
+    if method == "percentile":
+        return f"{record['percentile']:g}th-percentile ranges ({bins}-bin histograms)"
+    if method == "entropy":
+        return f"entropy ranges (least KL divergence, {bins}-bin histograms)"
+    return "MinMax ranges"
+
+
 def check_calibration_method(method: str, percentile: float | None = None) -> tuple[str, float | None]:
     """``(method, percentile)`` checked, the percentile method's default filled in.
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prn_edge.export.int8 import describe_calibration
+
 LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO@0.3", "ap": "AP"}
 
 
@@ -30,7 +32,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if int8:
         lines += ["", "## INT8", "",
                   f"Static Q/DQ (ONNX Runtime quantizer): Conv weights per output channel and activations per "
-                  f"tensor, symmetric INT8; MinMax ranges from {int8['calibration']['images']} normal images "
+                  f"tensor, symmetric INT8; {describe_calibration(int8['calibration'])} from "
+                  f"{int8['calibration']['images']} normal images "
                   f"({int8['calibration']['source']}, seed {int8['calibration']['seed']}). Gate: "
                   f"{', '.join(LABELS[k] for k in int8['gated'])} each within {int8['tolerance_points']} points "
                   f"of the FP32 ONNX. All convolutions in INT8 cost "

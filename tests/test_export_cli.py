@@ -99,6 +99,7 @@ def test_export_writes_every_precision_and_the_report(checkpoint, category, tmp_
                                          "onnxruntime-cpu:int8"}
     md = (published(out) / "export_report.md").read_text()
     assert "| model.int8.onnx (int8) |" in md and "CPU latency" in md
+    assert "MinMax ranges from 4 normal images" in md       # the default --calib-method, named
     assert "prn-export: ok" in captured.out
 
 

@@ -21,7 +21,7 @@ from conftest import small_checkpoint  # noqa: E402
 from prn_edge.errors import PRNError  # noqa: E402
 from prn_edge.export import int8 as int8_module  # noqa: E402
 from prn_edge.export.int8 import (CALIBRATION_METHODS, Calibration, _Reader, calibrate,  # noqa: E402
-                                  check_calibration_method, quantize_int8)
+                                  check_calibration_method, describe_calibration, quantize_int8)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +199,12 @@ def test_the_report_records_the_calibration(method, percentile, fp32, images, tm
     assert calibration.get("percentile") == percentile
     assert ("histogram_bins" in calibration) == (method != "minmax")
     assert record["all_int8_delta_points"] == {"image_auroc": 0.0, "pixel_auroc": 0.0, "pro": 0.0, "ap": 0.0}
+    # export_report.md names the method used (a report from before --calib-method: MinMax).
+    assert describe_calibration(calibration) == {
+        "percentile": "99.99th-percentile ranges (512-bin histograms)",
+        "entropy": "entropy ranges (least KL divergence, 512-bin histograms)",
+        "minmax": "MinMax ranges"}[method]
+    assert describe_calibration({"images": 6, "seed": 0}) == "MinMax ranges"
 
 
 def test_u8_activations_keep_their_asymmetric_ranges(fp32, images, tmp_path):
