@@ -8,6 +8,8 @@
     exported = api.export(trained.checkpoint, fp16=True, int8=True)      # exported.status: 1 = INT8 gate failed
     inspected = api.inspect(exported.out, "video.mp4", out="runs/line1")
     measured = api.bench(exported.out, batch=(1, 8), duration=30)
+    written = api.serve_repo(exported.out, "runs/triton-repo")      # for NVIDIA's tritonserver container
+    api.serve(exported.out, http_port=8000)                         # PyTriton's tritonserver, until SIGTERM
 
 =========== ============================================ =========================
 function    does what                                    is
@@ -17,6 +19,8 @@ evaluate    ``prn-eval``                                 :func:`prn_edge.eval.ap
 export      ``prn-export``                               :func:`prn_edge.export.api.export`
 inspect     ``prn-inspect``                              :func:`prn_edge.runtime.api.inspect`
 bench       ``prn-bench``                                :func:`prn_edge.bench.api.bench`
+serve       ``prn-serve``                                :func:`prn_edge.serve.api.serve`
+serve_repo  ``prn-serve repo``                           :func:`prn_edge.serve.api.repo`
 =========== ============================================ =========================
 
 Each takes keyword arguments named like its tool's flags (``--batch-size`` -> ``batch_size``)
@@ -37,9 +41,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time 
     from prn_edge.eval.api import evaluate_checkpoint as evaluate
     from prn_edge.export.api import export
     from prn_edge.runtime.api import inspect
+    from prn_edge.serve.api import repo as serve_repo
+    from prn_edge.serve.api import serve
     from prn_edge.train.api import train
 
-__all__ = ["bench", "evaluate", "export", "inspect", "train"]
+__all__ = ["bench", "evaluate", "export", "inspect", "serve", "serve_repo", "train"]
 
 #: name -> (module, function) of each tool's API, imported on first use (PEP 562).
 _TOOLS = {
@@ -48,6 +54,8 @@ _TOOLS = {
     "export": ("prn_edge.export.api", "export"),
     "inspect": ("prn_edge.runtime.api", "inspect"),
     "bench": ("prn_edge.bench.api", "bench"),
+    "serve": ("prn_edge.serve.api", "serve"),
+    "serve_repo": ("prn_edge.serve.api", "repo"),
 }
 
 

@@ -14,10 +14,11 @@ from prn_edge.errors import PRNError
 def test_importing_the_facade_imports_no_torch():
     proc = run_blocked("""
         import prn_edge.api as api
-        assert sorted(api.__all__) == ["bench", "evaluate", "export", "inspect", "train"]
+        assert sorted(api.__all__) == ["bench", "evaluate", "export", "inspect", "serve", "serve_repo", "train"]
         # Resolving the names imports each tool's API module: still nothing heavy.
-        functions = [api.train, api.evaluate, api.export, api.inspect, api.bench]
-        assert [f.__name__ for f in functions] == ["train", "evaluate_checkpoint", "export", "inspect", "bench"]
+        functions = [api.train, api.evaluate, api.export, api.inspect, api.bench, api.serve, api.serve_repo]
+        assert [f.__name__ for f in functions] == ["train", "evaluate_checkpoint", "export", "inspect", "bench",
+                                                   "serve", "write_repository"]
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not heavy, heavy
         print("ok")
@@ -33,10 +34,11 @@ def test_facade_names_are_the_tools_functions():
     from prn_edge.bench.api import bench
     from prn_edge.eval.api import evaluate_checkpoint
     from prn_edge.runtime.api import inspect
+    from prn_edge.serve.api import repo, serve
     from prn_edge.train.api import train
 
-    assert (api.train, api.evaluate, api.export, api.inspect, api.bench) == \
-        (train, evaluate_checkpoint, export, inspect, bench)
+    assert (api.train, api.evaluate, api.export, api.inspect, api.bench, api.serve, api.serve_repo) == \
+        (train, evaluate_checkpoint, export, inspect, bench, serve, repo)
     with pytest.raises(AttributeError):
         api.predict  # noqa: B018
 

@@ -219,8 +219,31 @@ def test_repository_is_swapped_in_whole_and_foreign_folders_are_refused(exported
     assert _configs(out)["prn_onnxruntime"].max_batch_size == 16       # the failed runs changed nothing
 
 
+def test_a_missing_model_or_an_unusable_out_is_one_line(exported, tmp_path, capsys):
+    """Whatever the environment: a wrong --model is named first, and --out is checked before any work."""
+    from prn_edge.serve.cli import main
+
+    (tmp_path / "file").write_text("x")
+    missing = tmp_path / "no-such-model"
+    for argv, prog, needle in (
+            (["--model", str(missing)], "prn-serve", "no such model folder or file (--model)"),
+            (["repo", "--model", str(missing), "--out", str(tmp_path / "r")], "prn-serve repo",
+             "no such model folder or file (--model)"),
+            (["repo", "--model", str(exported), "--out", str(tmp_path / "file")], "prn-serve repo",
+             "it exists and is not a folder (--out)"),
+            (["repo", "--model", str(exported), "--out", str(tmp_path / "file" / "r")], "prn-serve repo",
+             "a parent of it, exists and is not a folder (--out)")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"{prog}: error:") and needle in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    # A new REPO under folders that do not exist yet: they are made.
+    assert main(["repo", "--model", str(exported), "--out", str(tmp_path / "a" / "b" / "repo")]) == 0
+    assert (tmp_path / "a" / "b" / "repo" / "prn_onnxruntime" / "config.pbtxt").is_file()
+
+
 # --------------------------------------------------------------------------- the Python the stub needs
-def test_another_python_build_is_named_in_one_line(capsys):
+def test_another_python_build_is_named_in_one_line(exported, capsys):
     """From an interpreter other than the one PyTriton's stub links against, prn-serve refuses in one line."""
     from prn_edge.serve.cli import main
     from prn_edge.serve.triton import stub_python_problem
@@ -240,7 +263,7 @@ def test_another_python_build_is_named_in_one_line(capsys):
         pytest.skip("this test interpreter is the distribution's own Python: no other build to refuse")
     problem = stub_python_problem(stub)
     assert problem and "_thread.RLock" in problem and "make serve-env" in problem and sys.executable in problem
-    assert main(["--model", str(REPO), "--http-port", "1"]) == 2     # refused before any model is looked at
+    assert main(["--model", str(exported), "--http-port", "1"]) == 2     # refused before the ports are tried
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prn-serve: error:") and "make serve-env" in err[0], err
 
@@ -381,6 +404,7 @@ def test_triton_results_equal_the_local_engine(server, bottle_batch):
     # One request of a whole batch: the same numbers.
     batch_maps, batch_scores, batch_decisions = _infer(server, images[:4])
     np.testing.assert_allclose(batch_scores[:, 0], scores[:4], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(batch_maps[:, 0], maps[:4], rtol=0, atol=1e-5)
     assert (batch_decisions[:, 0] == local_decisions[:4]).all()
 
 

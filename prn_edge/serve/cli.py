@@ -4,7 +4,7 @@
     prn-serve repo --model DIR --out REPO [--max-batch N] [--preferred-batch 4,8] [--kind gpu] ...
 
 Both are thin views of :mod:`prn_edge.serve.api`. Errors are one line and exit status 2; SIGINT
-and SIGTERM stop the server cleanly with status 0.
+and SIGTERM stop the server cleanly with status 0 (130 before the server has started).
 """
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  prn-serve --model DIR --host 0.0.0.0 --max-batch 16 --queue-delay-us 5000 --instances 2\n"
                "  prn-serve repo --model DIR --out triton-repo     (a repository for NVIDIA's container;\n"
                "                                                   see prn-serve repo --help)\n\n"
-               "exit status: 0 stopped by SIGINT/SIGTERM, 2 user error or a server that failed\n"
+               "exit status: 0 stopped by SIGINT/SIGTERM, 2 user error or a server that failed,\n"
+               "130 interrupted before the server started\n"
                "Python: prn_edge.serve.api.serve",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, metavar="DIR",

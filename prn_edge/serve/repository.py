@@ -42,7 +42,7 @@ from typing import Any
 from prn_edge.contract.metadata import read_metadata
 from prn_edge.contract.model_folder import PRECISIONS, find_model_files, precision_of, read_manifest
 from prn_edge.errors import PRNError, first_line, require
-from prn_edge.io import check_output_dir, fsync_dir, write_json_atomic, write_text_atomic
+from prn_edge.io import check_output_dir, fsync_dir, make_output_dir, write_json_atomic, write_text_atomic
 
 __all__ = ["BACKENDS", "KINDS", "RECORD", "Repository", "TensorSpec", "check_batching", "check_model_name",
            "default_preferred", "model_config_text", "onnx_io", "write_repository"]
@@ -284,6 +284,7 @@ def write_repository(model: str | os.PathLike, out: str | os.PathLike, *, name: 
         plans.append(_tensorrt_plan(files, name, precision, max_batch, preferred, queue_delay_us, instances,
                                     plugin_library, result))
 
+    make_output_dir(out.parent)   # the staging folder goes beside REPO
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         for model_name, text, sources in plans:

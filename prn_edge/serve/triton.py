@@ -161,6 +161,7 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
         PRNError: a bad option or model, pytriton missing, an interpreter the stub cannot use, a
             port in use, or a server that does not start (its first error line).
     """
+    from prn_edge.contract.model_folder import find_model_files
     from prn_edge.runtime.loader import load_engine
     from prn_edge.runtime.pipeline import InspectConfig, Pipeline
     from prn_edge.serve.repository import check_batching, check_model_name
@@ -173,6 +174,7 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
             raise PRNError(f"expected a TCP port from 1 to 65535, got {port} ({flag})")
     if len(set(ports.values())) != len(ports):
         raise PRNError(f"the HTTP, gRPC and metrics ports must differ, got {sorted(ports.values())}")
+    find_model_files(model)   # a wrong --model is named before anything about the environment
     triton_mod, batch, DynamicBatcher, ModelConfig, Tensor = _import_pytriton()
     problem = stub_python_problem()
     if problem:
