@@ -55,7 +55,8 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 	--out $(BOTTLE_EXPORT) --results $(RESULTS) --threads $(THREADS) --latency-rounds 30
 
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
-	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration
+	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration \
+	results-prototype-diagnosis results-match-ablation
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -103,6 +104,28 @@ results-int8-calibration: $(DEMO_CKPT) $(BOTTLE_CKPT) $(TILE_CKPT) install   # i
 		--model bottle $(BOTTLE_CKPT) $(DATA_ROOT)/mvtec_ad/bottle \
 		--model magnetic-tile $(TILE_CKPT) $(DATA_ROOT)/magnetic_tile \
 		--threads $(THREADS) --work $(RUNS)/int8-calibration --out $(RESULTS)
+
+# Issue 13: variation sets (shifted, rotated, rescaled, darker copies of bottle; git-ignored) and the
+# demo's bricks, then the residuals' evidence before training and the trained match/prior ablation.
+VARIATIONS := $(RUNS)/variations
+DEMO_DATA := $(RUNS)/demo_data/demo_brick
+$(VARIATIONS)/bottle-unaligned: | install
+	$(PY) benchmarks/variations.py --data $(DATA_ROOT)/mvtec_ad/bottle --out $(VARIATIONS)
+
+$(DEMO_DATA): | install
+	$(PY) -c "from prn_edge.demo.data import build_demo_dataset; build_demo_dataset('$(RUNS)/demo_data')"
+
+ISSUE13_SETS = $(DATA_ROOT)/magnetic_tile $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) \
+	$(DATA_ROOT)/mvtec_ad/bottle $(VARIATIONS)/bottle-darker
+
+results-prototype-diagnosis: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install   # ~40 min
+	$(PY) benchmarks/prototype_diagnosis.py --variants image,patch,patch+pool3 --threads $(THREADS) \
+		--data $(ISSUE13_SETS) --results $(RESULTS)
+
+results-match-ablation: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install        # ~15 min per run
+	$(PY) benchmarks/match_ablation.py --steps 120 --threads $(THREADS) --variants image,patch+prior \
+		--data $(DATA_ROOT)/magnetic_tile $(VARIATIONS)/bottle-unaligned --runs $(RUNS)/match_ablation \
+		--results $(RESULTS)
 
 results-reliability: install                    # reliability.md; ~7 min: the chaos suite, kills included
 	$(PY) benchmarks/reliability.py --out $(RESULTS)/reliability.md

@@ -13,6 +13,7 @@ from prn_edge.errors import PRNError
 
 BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
 RESIDUAL_MODES = ("abs", "square")
+PROTOTYPE_MATCHES = ("image", "patch")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,20 @@ class PRNConfig:
         prototype_ratio: K = max(1, round(ratio * number of normal training images)).
         kmeans_iterations: k-means iteration cap.
         residual: ``abs`` (|F - P|, the paper's wording) or ``square`` ((F - P)^2, public versions).
+        prototype_match: ``image`` (the paper: each image takes the nearest of K prototype
+            *images*, compared position by position) or ``patch`` (each position takes the
+            nearest of ``patch_prototypes`` prototype *feature vectors*, wherever they came from:
+            tolerant to shifted, rotated and textured parts).
+        patch_prototypes: prototypes per scale with ``prototype_match="patch"`` (k-means
+            centres of the training images' feature vectors).
+        match_pooling: side of the neighbourhood each feature is averaged over before it is
+            matched (1: none; 3: each position with its 8 neighbours, PatchCore's "locally aware"
+            features), for the prototypes and at inference alike.
+        residual_prior: add the residuals' own evidence to the logits: ``gain * (E - bias)``,
+            E the per-position residual magnitude (each scale divided by its mean on the normal
+            training images, the scales averaged), gain and bias learnt and initialised from the
+            training images, the decoder's last convolution initialised to zero. An untrained
+            model then scores like a nearest-prototype detector; training only has to improve it.
         share_fusion_weights: one MF module for features and residuals instead of two.
         msa_layers: multi-size attention layers per scale (paper 3, edge 1).
         decoder_resolution: side at which the decoder predicts logits. ``image_size`` is the
@@ -41,6 +56,10 @@ class PRNConfig:
     prototype_ratio: float = 0.1
     kmeans_iterations: int = 300
     residual: str = "abs"
+    prototype_match: str = "image"
+    patch_prototypes: int = 1024
+    match_pooling: int = 1
+    residual_prior: bool = False
     share_fusion_weights: bool = False
     msa_layers: int = 3
     decoder_resolution: int = 256
@@ -65,6 +84,13 @@ class PRNConfig:
         if self.image_size < 128 or self.image_size % 128:
             raise PRNError(f"image_size must be a multiple of 128 (got {self.image_size}): "
                            "the smallest attention patch at stride 16 is image_size/128 pixels")
+        if self.prototype_match not in PROTOTYPE_MATCHES:
+            raise PRNError(f"unknown prototype_match {self.prototype_match!r}: choose one of "
+                           f"{', '.join(PROTOTYPE_MATCHES)}")
+        if self.match_pooling < 1 or self.match_pooling % 2 == 0:
+            raise PRNError(f"match_pooling must be an odd side >= 1, got {self.match_pooling}")
+        if self.patch_prototypes < 1:
+            raise PRNError(f"patch_prototypes must be >= 1, got {self.patch_prototypes}")
         if not 0 < self.prototype_ratio <= 1:
             raise PRNError(f"prototype_ratio must be in (0, 1], got {self.prototype_ratio}")
         if self.kmeans_iterations < 1:
@@ -82,9 +108,14 @@ class PRNConfig:
             raise PRNError(f"score_top_k must be in [1, {self.image_size ** 2}], got {self.score_top_k}")
 
     def num_prototypes(self, num_normal: int) -> int:
-        """K for a training set of ``num_normal`` normal images (docs/model.md, "Prototypes")."""
+        """K for a training set of ``num_normal`` normal images (docs/model.md, "Prototypes").
+
+        Patch matching clusters feature vectors, not images: K is ``patch_prototypes``.
+        """
         if num_normal < 1:
             raise PRNError("cannot build prototypes from zero normal images")
+        if self.prototype_match == "patch":
+            return self.patch_prototypes
         return max(1, round(self.prototype_ratio * num_normal))
 
     def replace(self, **changes: Any) -> "PRNConfig":

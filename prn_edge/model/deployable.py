@@ -67,10 +67,13 @@ class _SwappedBank(nn.Module):
         super().__init__()
         self.register_buffer("prototypes", bank.prototypes)   # (K, D)
         self.register_buffer("sqnorm", bank.sqnorm)           # (K,)
+        self.match = bank.match
         self.fn = fn
 
     def forward(self, features: Tensor, mode: str = "abs") -> Tensor:   # (B, C, H, W)
-        return self.fn(features, self.prototypes, self.sqnorm, mode)
+        from prn_edge.model.prototypes import match_residual
+
+        return match_residual(features, self.prototypes, self.sqnorm, mode, self.match, self.fn)
 
 
 class _SwappedMSALayer(nn.Module):

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prn_edge.config import PRNConfig
@@ -14,11 +15,63 @@ from prn_edge.model.attention import MSALayer
 from prn_edge.model.backbones import Backbone, build_backbone
 from prn_edge.model.decoder import Decoder, top_k_score
 from prn_edge.model.fusion import MultiScaleFusion
-from prn_edge.model.prototypes import PrototypeBank, kmeans
+from prn_edge.model.prototypes import PrototypeBank, feature_vectors, kmeans
 
 log = logging.getLogger(__name__)
 
 NUM_SCALES = 3  # prototype / attention scales (strides 4, 8, 16); stride 32 feeds the decoder
+# Patch matching clusters feature vectors: 200 images give 800k at stride 4. A seeded sample of
+# this many keeps k-means to seconds per iteration; 1024 centres see ~100 points each.
+PATCH_KMEANS_POINTS = 131072
+PATCH_KMEANS_ITERATIONS = 30   # Lloyd on 100k+ points moves little after this; each pass is a full GEMM
+
+
+def _subsample(points: Tensor, limit: int, seed: int) -> Tensor:
+    if points.shape[0] <= limit:
+        return points
+    order = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(seed))
+    return points[order[:limit]]
+
+
+class ResidualPrior(nn.Module):
+    """``gain * (E - bias)``: the residuals' own evidence, added to the decoder's logits.
+
+    ``E`` is the per-position residual magnitude (mean over channels: |F - P| for ``abs``,
+    (F - P)^2 for ``square``), each scale divided by its mean on the normal training images,
+    the three scales averaged at image size. :meth:`calibrate` sets the means, ``bias`` (the
+    typical peak of ``E`` on a normal image) and ``gain`` (normal positions start near logit -4)
+    from the training images; with the decoder's last convolution at zero, an untrained PRN
+    then ranks positions by their distance to the prototypes, as a nearest-neighbour detector.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("scale_means", torch.ones(NUM_SCALES))
+        self.gain = nn.Parameter(torch.tensor(1.0))
+        self.bias = nn.Parameter(torch.tensor(0.0))
+
+    def evidence(self, residuals: list[Tensor]) -> Tensor:
+        """(B, 1, S, S) evidence of the residuals (B, C_j, H_j, W_j) of the three scales."""
+        maps = [F.interpolate(r.mean(dim=1, keepdim=True) / self.scale_means[j], size=(self.size, self.size),
+                              mode="bilinear", align_corners=False) for j, r in enumerate(residuals)]
+        return sum(maps) / len(maps)
+
+    def forward(self, residuals: list[Tensor]) -> Tensor:
+        return self.gain * (self.evidence(residuals) - self.bias)
+
+    @torch.no_grad()
+    def calibrate(self, residual_batches: list[list[Tensor]]) -> dict[str, float]:
+        """Set means, bias and gain from the residuals of the normal training images."""
+        self.scale_means.fill_(1.0)
+        channel_means = [torch.cat([r[j].mean(dim=1) for r in residual_batches]) for j in range(NUM_SCALES)]
+        self.scale_means.copy_(torch.stack([m.mean() for m in channel_means]).clamp_min(1e-12))
+        evidence = torch.cat([self.evidence(r) for r in residual_batches])       # (N, 1, S, S)
+        peak = float(evidence.flatten(1).amax(dim=1).mean())
+        typical = float(evidence.mean())
+        self.bias.fill_(peak)
+        self.gain.fill_(4.0 / max(peak - typical, 1e-6))
+        return {"peak": peak, "mean": typical, "gain": float(self.gain)}
 
 
 class PRNOutput(NamedTuple):
@@ -48,7 +101,8 @@ class PRN(nn.Module):
             raise PRNError(f"backbone {self.encoder.name!r} does not match config.backbone {config.backbone!r}")
         channels = tuple(self.encoder.channels[:NUM_SCALES])       # C_1..C_3
         sides = [config.image_size // s for s in self.encoder.strides[:NUM_SCALES]]  # 64, 32, 16
-        self.banks = nn.ModuleList(PrototypeBank(c, h, h) for c, h in zip(channels, sides))
+        self.banks = nn.ModuleList(PrototypeBank(c, h, h, match=config.prototype_match)
+                                   for c, h in zip(channels, sides))
         self.fuse_features = MultiScaleFusion(channels)
         self.fuse_residuals = self.fuse_features if config.share_fusion_weights else MultiScaleFusion(channels)
         cat_channels = tuple(2 * c for c in channels)               # Cat_j = [MF(F)_j, MF(R)_j]
@@ -61,6 +115,10 @@ class PRN(nn.Module):
             stage_channels=config.decoder_channels or channels,
             head_channels=config.head_channels,
             full_resolution=config.decoder_resolution == config.image_size)
+        self.prior = ResidualPrior(config.image_size) if config.residual_prior else None
+        if self.prior is not None:       # the untrained model is the prior alone (ControlNet-style zero conv)
+            nn.init.zeros_(self.decoder.head[-1].weight)
+            nn.init.zeros_(self.decoder.head[-1].bias)
 
     # -- prototypes ---------------------------------------------------------------------
     @property
@@ -85,23 +143,39 @@ class PRN(nn.Module):
         Returns:
             Per-scale k-means statistics (K, N, inertia, iterations, converged).
         """
+        patch = self.config.prototype_match == "patch"
         features: list[list[Tensor]] = [[] for _ in range(NUM_SCALES)]
+        n = 0
+        kept: list[Tensor] = []          # the images again, for the prior's calibration
         for batch in batches:
-            taps = self.encode(batch.to(self._device()))
+            batch = batch.to(self._device())
+            taps = [self.pool(t) for t in self.encode(batch)[:NUM_SCALES]]
+            n += batch.shape[0]
+            if self.prior is not None:
+                kept.append(batch)
             for j in range(NUM_SCALES):
-                features[j].append(taps[j].flatten(1).cpu())
-        n = sum(f.shape[0] for f in features[0])
+                features[j].append((feature_vectors(taps[j]) if patch else taps[j].flatten(1)).cpu())
         if n == 0:
             raise PRNError("no normal images given to build the prototypes from")
         k = k or self.config.num_prototypes(n)
-        stats = {"num_images": n, "k": k, "scales": []}
+        stats = {"num_images": n, "k": k, "match": self.config.prototype_match, "scales": []}
         for j, bank in enumerate(self.banks):
-            result = kmeans(torch.cat(features[j]), k, max_iterations=self.config.kmeans_iterations, seed=seed)
+            points = torch.cat(features[j])
+            iterations = self.config.kmeans_iterations
+            if patch:
+                points = _subsample(points, PATCH_KMEANS_POINTS, seed)
+                k = min(k, points.shape[0])
+                iterations = min(iterations, PATCH_KMEANS_ITERATIONS)
+            result = kmeans(points, k, max_iterations=iterations, seed=seed)
             bank.set(result.centers)
             stats["scales"].append({"inertia": result.inertia, "iterations": result.iterations,
                                     "converged": result.converged})
             log.info("scale %d: K=%d from N=%d, inertia %.4g after %d iterations%s", j + 1, k, n,
                      result.inertia, result.iterations, "" if result.converged else " (not converged)")
+        if self.prior is not None:
+            residuals = [[bank(f, self.config.residual).mean(dim=1, keepdim=True)   # all the prior reads
+                          for bank, f in zip(self.banks, map(self.pool, self.encode(b)))] for b in kept]
+            stats["prior"] = self.prior.calibrate(residuals)
         return stats
 
     # -- forward ------------------------------------------------------------------------
@@ -117,7 +191,7 @@ class PRN(nn.Module):
 
     def _forward(self, images: Tensor, record: dict | None) -> PRNOutput:
         taps = self.encode(images)                                           # F_1..F_4
-        feats = taps[:NUM_SCALES]
+        feats = [self.pool(f) for f in taps[:NUM_SCALES]]
         residuals = [bank(f, self.config.residual) for bank, f in zip(self.banks, feats)]
         fused_f = self.fuse_features(feats)
         fused_r = self.fuse_residuals(residuals)
@@ -132,9 +206,22 @@ class PRN(nn.Module):
                                f"MSA{s}": attended[j], f"skip T*{s}": skips[j]})
             record["encoder F4"] = taps[NUM_SCALES]
         logits = self.decoder(taps[NUM_SCALES], skips, record)
+        if self.prior is not None:
+            prior = self.prior(residuals)
+            if record is not None:
+                record["prior"] = prior
+            logits = logits + prior
         anomaly_map = torch.sigmoid(logits)
         score = top_k_score(anomaly_map, self.config.score_top_k)
         return PRNOutput(logits, anomaly_map, score)
+
+    def pool(self, features: Tensor) -> Tensor:
+        """The features as matched: each averaged over its ``match_pooling`` neighbourhood (borders: the
+        neighbours inside the map), or as they are."""
+        side = self.config.match_pooling
+        if side == 1:
+            return features
+        return F.avg_pool2d(features, side, stride=1, padding=side // 2, count_include_pad=False)
 
     def _check_input(self, images: Tensor) -> None:
         size = self.config.image_size

@@ -1,10 +1,19 @@
 """Multi-scale prototypes (docs/model.md, "Prototypes" and "Residual"): k-means, nearest prototype, residual.
 
-Each image's feature map at one scale is one point in D = C*H*W dimensions. The bank of
-K prototypes per scale is found by k-means over the normal training images; at inference
-each image takes its nearest prototype over the whole map (GEMM form, no loop over K:
-:mod:`prn_edge.model.nearest`, shared with PatchCore) and the residual |F - P_k*| (or its
-square) replaces it as the anomaly evidence.
+Two ways to match (``PRNConfig.prototype_match``), one search:
+
+* ``image`` (the paper): each image's feature map at one scale is one point in D = C*H*W
+  dimensions. The bank of K prototypes per scale is found by k-means over the normal training
+  images; each image takes its nearest prototype over the whole map, so position (h, w) is
+  compared with position (h, w) of one normal image. Right for centred, aligned parts.
+* ``patch``: each position's C-dim feature vector is one point; the bank holds k-means centres
+  of the training images' vectors, and every position takes its own nearest one, wherever it
+  came from. A shifted, rotated or textured part finds its normal look elsewhere in the bank.
+
+Both are the same operation on a different view (:func:`match_residual`): ``patch`` lays the
+(B, C, H, W) map out as B*H*W "images" of shape (C, 1, 1). The nearest-neighbour search runs in
+GEMM form (:mod:`prn_edge.model.nearest`, shared with PatchCore), and the fused ``ProtoResidual``
+kernel, the ONNX function and the TensorRT plugin serve both matches unchanged.
 """
 from __future__ import annotations
 
@@ -47,6 +56,27 @@ def prototype_residual(features: Tensor, bank: Tensor, bank_sqnorm: Tensor | Non
     if mode == "square":
         return diff * diff
     raise PRNError(f"unknown residual mode {mode!r}: choose 'abs' or 'square'")
+
+
+def match_residual(features: Tensor, prototypes: Tensor, sqnorm: Tensor, mode: str, match: str,
+                   residual_fn=prototype_residual) -> Tensor:
+    """The residual of ``features`` (B, C, H, W) under ``match``, computed by ``residual_fn``.
+
+    ``residual_fn(features, prototypes, sqnorm, mode)`` is :func:`prototype_residual` or a fused
+    stand-in with the same semantics; ``patch`` calls it on the (B*H*W, C, 1, 1) view.
+    """
+    if match == "image":
+        return residual_fn(features, prototypes, sqnorm, mode)
+    if match != "patch":
+        raise PRNError(f"unknown prototype match {match!r}: choose 'image' or 'patch'")
+    b, c, h, w = features.shape
+    patches = features.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)
+    return residual_fn(patches, prototypes, sqnorm, mode).reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def feature_vectors(features: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B*H*W, C): the points ``patch`` matching clusters and searches."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
 
 
 @dataclass
@@ -145,13 +175,17 @@ class PrototypeBank(nn.Module):
     """The K prototypes of one scale and their squared norms, stored as buffers.
 
     Buffers (not parameters): they are fixed after clustering, travel in the state dict
-    and the checkpoint, and become initialisers of the exported graph.
+    and the checkpoint, and become initialisers of the exported graph. A prototype is a
+    whole map (D = C*H*W) with ``match="image"``, one feature vector (D = C) with ``"patch"``.
     """
 
-    def __init__(self, channels: int, height: int, width: int, num_prototypes: int = 0):
+    def __init__(self, channels: int, height: int, width: int, num_prototypes: int = 0, match: str = "image"):
         super().__init__()
+        if match not in ("image", "patch"):
+            raise PRNError(f"unknown prototype match {match!r}: choose 'image' or 'patch'")
         self.shape = (channels, height, width)
-        dim = channels * height * width
+        self.match = match
+        dim = channels * height * width if match == "image" else channels
         self.register_buffer("prototypes", torch.zeros(num_prototypes, dim))  # (K, D)
         self.register_buffer("sqnorm", torch.zeros(num_prototypes))         # (K,)
 
@@ -175,7 +209,7 @@ class PrototypeBank(nn.Module):
     def forward(self, features: Tensor, mode: str = "abs") -> Tensor:
         if self.num_prototypes == 0:
             raise PRNError("the prototype bank is empty: build prototypes (prn-train) or load a checkpoint")
-        return prototype_residual(features, self.prototypes, self.sqnorm, mode)
+        return match_residual(features, self.prototypes, self.sqnorm, mode, self.match)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Accept a bank of any K from a checkpoint: resize the buffers before the copy.

@@ -31,6 +31,7 @@ CPU_DEFAULT_MINUTES = 10.0
 CPU_DEFAULT_BATCH = 8
 DEFAULT_CACHE = Path.home() / ".cache" / "prn-edge" / "foreground"
 FOREGROUNDS = ("auto", "object", "texture")
+LR_SCHEDULES = ("constant", "cosine")   # prn_edge.train.trainer.TrainSettings.lr_at
 
 log = logging.getLogger("prn_edge.train")
 
@@ -98,8 +99,11 @@ def _check_choice(flag: str, value, choices) -> None:
 
 def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "paper", backbone: str | None = None,
           backbone_weights: str | os.PathLike | None = None, residual: str | None = None,
-          msa_layers: int | None = None, steps: int | None = None, minutes: float | None = None,
-          batch_size: int | None = None, lr: float = 1e-4, weight_decay: float = 1e-2, seed: int = 0,
+          msa_layers: int | None = None, match: str | None = None, match_pooling: int | None = None,
+          prior: bool | None = None,
+          steps: int | None = None, minutes: float | None = None, batch_size: int | None = None,
+          lr: float = 1e-4, weight_decay: float = 1e-2, lr_schedule: str = "constant", select_best: bool = False,
+          seed: int = 0,
           seen: int = 10, calibration_fraction: float = 0.1, threshold_quantile: float = 1.0,
           textures: str | os.PathLike | None = None, foreground: str = "auto", no_ea: bool = False,
           no_sa: bool = False, device: str = "auto", threads: int | None = None, resume: bool = False,
@@ -127,11 +131,18 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
         PRNError: bad arguments, data, backbone weights or output folder (one-line messages),
             or a run that cannot go on (a non-finite loss, an interruption: state saved).
     """
-    from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES
+    from prn_edge.config import (
+        BACKBONE_NAMES,
+        PRESETS,
+        PROTOTYPE_MATCHES,
+        RESIDUAL_MODES,
+    )
 
     _check_choice("--config", config, sorted(PRESETS))
     _check_choice("--backbone", backbone, BACKBONE_NAMES)
     _check_choice("--residual", residual, RESIDUAL_MODES)
+    _check_choice("--match", match, PROTOTYPE_MATCHES)
+    _check_choice("--lr-schedule", lr_schedule, LR_SCHEDULES)
     _check_choice("--foreground", foreground, FOREGROUNDS)
     if steps is not None and minutes is not None:
         raise PRNError("give one training budget, --steps N or --minutes M, not both")
@@ -140,6 +151,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
                                 ("--minutes", minutes, {"low": 0, "low_open": True}),
                                 ("--batch-size", batch_size, {"low": 1, "integer": True}),
                                 ("--msa-layers", msa_layers, {"low": 1, "integer": True}),
+                                ("--match-pooling", match_pooling, {"low": 1, "high": 15, "integer": True}),
                                 ("--lr", lr, {"low": 0, "low_open": True, "optional": False}),
                                 ("--weight-decay", weight_decay, {"low": 0, "optional": False}),
                                 ("--seed", seed, {"low": 0, "high": MAX_SEED, "integer": True, "optional": False}),
@@ -177,7 +189,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     on_gpu = dev.type == "cuda"
     if batch_size is None:
         batch_size = 64 if on_gpu else CPU_DEFAULT_BATCH
-    model_config = get_config(config, backbone=backbone, residual=residual, msa_layers=msa_layers)
+    model_config = get_config(config, backbone=backbone, residual=residual, msa_layers=msa_layers,
+                              prototype_match=match, match_pooling=match_pooling, residual_prior=prior)
     synthesis = SynthesisConfig(use_ea=not no_ea, use_sa=not no_sa)
     progress = None if quiet or not dist_info.is_main else _tqdm_wrap
 
@@ -211,7 +224,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
         budget = f"{steps} steps" if steps is not None else f"{minutes:g} minutes"
     settings = TrainSettings(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, seed=seed, save_every_minutes=save_every,
-                             snapshot_steps=snapshots, threshold_quantile=threshold_quantile)
+                             snapshot_steps=snapshots, threshold_quantile=threshold_quantile,
+                             lr_schedule=lr_schedule, select_best=select_best)
     if dist_info.is_main:
         log.info("training %s (%s) on %s: %d normal images (+%d held out for the threshold), %d seen anomalies, "
                  "%s textures; device %s x%d; budget: %s", model_config.preset, model_config.backbone,

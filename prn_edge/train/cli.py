@@ -20,12 +20,13 @@ from prn_edge.cli import (
     seed_number,
     thread_count,
 )
-from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES
+from prn_edge.config import BACKBONE_NAMES, PRESETS, PROTOTYPE_MATCHES, RESIDUAL_MODES
 from prn_edge.train.api import (
     CPU_DEFAULT_BATCH,
     CPU_DEFAULT_MINUTES,
     DEFAULT_CACHE,
     FOREGROUNDS,
+    LR_SCHEDULES,
 )
 
 PROG = "prn-train"
@@ -54,12 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ResNet-18 state dict (torchvision layout); default: the torch hub cache")
     p.add_argument("--residual", choices=RESIDUAL_MODES, default=None, help="override the residual (abs | square)")
     p.add_argument("--msa-layers", type=positive_int, default=None, help="override MSA layers per scale")
+    p.add_argument("--match", choices=PROTOTYPE_MATCHES, default=None,
+                   help="override the prototype match: image (the paper: nearest prototype image, position "
+                        "against position) or patch (each position's nearest prototype vector, wherever it "
+                        "sits: shifted, rotated and textured parts)")
+    p.add_argument("--match-pooling", type=positive_int, default=None, metavar="SIDE",
+                   help="override the neighbourhood (odd side, 1 = none) each feature is averaged over before "
+                        "it is matched; 3 = PatchCore's locally aware features")
+    p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the residual prior: the residuals' own evidence added to the logits, so "
+                        "that the untrained model already scores like a nearest-prototype detector")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None, help="train for N optimiser steps")
     budget.add_argument("--minutes", type=bounded_float("minutes", 0, low_open=True), default=None, help="train for M minutes of wall clock")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"images per step and process, a multiple of 4 (default: 64 on GPU, {CPU_DEFAULT_BATCH} on CPU)")
     p.add_argument("--lr", type=bounded_float("a learning rate", 0, low_open=True), default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="constant: --lr throughout (default, the paper's); cosine: from --lr down to 5%% of it "
+                        "over the budget")
+    p.add_argument("--select-best", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the training step that scores best on the held-out normal images and their "
+                        "synthesized anomalous copies (never the test set), validated 10 times over the budget; "
+                        "default: the final step")
     p.add_argument("--weight-decay", type=bounded_float("a weight decay", 0), default=1e-2, help="Adam weight decay (default 1e-2)")
     p.add_argument("--seed", type=seed_number, default=0, help="seed of splits, prototypes, synthesis (default 0)")
     p.add_argument("--seen", type=non_negative_int, default=10, help="seen anomalies drawn from test/ (default 10)")
@@ -100,8 +118,8 @@ def _run(args: argparse.Namespace) -> int:
 
     result = train(args.data, args.out, config=args.config, backbone=args.backbone,
                    backbone_weights=args.backbone_weights, residual=args.residual, msa_layers=args.msa_layers,
-                   steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                   weight_decay=args.weight_decay, seed=args.seed, seen=args.seen,
+                   match=args.match, match_pooling=args.match_pooling, prior=args.prior, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                   lr_schedule=args.lr_schedule, select_best=args.select_best, weight_decay=args.weight_decay, seed=args.seed, seen=args.seen,
                    calibration_fraction=args.calibration_fraction, threshold_quantile=args.threshold_quantile,
                    textures=args.textures, foreground=args.foreground, no_ea=args.no_ea, no_sa=args.no_sa,
                    device=args.device, threads=args.threads, resume=args.resume, save_every=args.save_every,

@@ -35,6 +35,7 @@ class TrainingData:
     normal: torch.Tensor           # (N, 3, S, S) uint8
     foreground: torch.Tensor       # (N, 1, S, S) bool
     calibration: torch.Tensor      # (M, 3, S, S) uint8
+    calibration_foreground: torch.Tensor  # (M, 1, S, S) bool: where validation anomalies may go
     seen_images: torch.Tensor      # (A, 3, S, S) float [0, 1]
     seen_masks: torch.Tensor       # (A, 1, S, S) float {0, 1}
     textures: torch.Tensor | None  # (T, 3, S, S) uint8, DTD
@@ -118,6 +119,7 @@ def load_training_data(data_dir: str | Path, *, image_size: int = 256, num_seen:
         images.append(image)
         masks.append(cache.get(sample.path, image, kind))
     cal_images = [load_sample(s, image_size)[0] for s in cal_samples]
+    cal_masks = [cache.get(s.path, image, kind) for s, image in zip(cal_samples, cal_images)]
     seen_pairs = [load_sample(s, image_size) for s in seen]
 
     texture_dir = Path(textures) if textures is not None else find_textures(root)
@@ -137,6 +139,8 @@ def load_training_data(data_dir: str | Path, *, image_size: int = 256, num_seen:
         foreground=torch.from_numpy(np.stack(masks))[:, None],
         calibration=_stack_images(cal_images) if cal_images else torch.empty(0, 3, image_size, image_size,
                                                                                dtype=torch.uint8),
+        calibration_foreground=(torch.from_numpy(np.stack(cal_masks))[:, None] if cal_masks
+                                else torch.empty(0, 1, image_size, image_size, dtype=torch.bool)),
         seen_images=to_unit_float(_stack_images([i for i, _ in seen_pairs])) if seen_pairs
         else torch.empty(0, 3, image_size, image_size),
         seen_masks=(torch.from_numpy(np.stack([m for _, m in seen_pairs]))[:, None].float()) if seen_pairs

@@ -29,7 +29,13 @@ from prn_edge.io import remove_stale_temporaries
 from prn_edge.model import PRN
 from prn_edge.model.deployable import to_unit_float
 from prn_edge.model.loss import prn_loss
+from prn_edge.train.api import LR_SCHEDULES
 from prn_edge.train.data import TrainingData
+from prn_edge.train.selection import (
+    ValidationSet,
+    make_validation_set,
+    validation_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,9 @@ class TrainSettings:
     snapshot_steps: tuple[int, ...] = ()
     threshold_quantile: float = 1.0
     log_every: int = 10
+    lr_schedule: str = "constant"     # issue 13: cosine and select_best are built, not yet measured as defaults
+    select_best: bool = False
+    validations: int = 10
 
     def validate(self) -> None:
         if (self.steps is None) == (self.minutes is None):
@@ -68,6 +77,23 @@ class TrainSettings:
             raise PRNError(f"threshold quantile must be in (0, 1], got {self.threshold_quantile}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise PRNError("learning rate must be > 0 and weight decay >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise PRNError(f"unknown learning-rate schedule {self.lr_schedule!r}: choose one of "
+                           f"{', '.join(LR_SCHEDULES)}")
+        if self.validations < 1:
+            raise PRNError(f"validations must be >= 1, got {self.validations}")
+
+    def progress(self, step: int, elapsed: float) -> float:
+        """Share of the budget spent, in [0, 1]."""
+        spent = step / self.steps if self.steps is not None else elapsed / (self.minutes * 60)
+        return min(max(spent, 0.0), 1.0)
+
+    def lr_at(self, progress: float) -> float:
+        """``constant``, or ``cosine``: from ``lr`` down to 5 % of it at the end of the budget (the
+        budget is known in advance, in steps or minutes, so the decay needs no epoch count)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def paper_schedule_steps(num_normal: int, batch_size: int, epochs: int = PAPER_EPOCHS) -> int:
@@ -153,6 +179,11 @@ class Trainer:
         self.last_calibration: dict[str, Any] = {}
         self.last_loss: float | None = None        # the last step's loss (history keeps every log_every-th)
         self.saved_step: int | None = None         # the step of the last training state on disk
+        # End-point selection (prn_edge.train.selection): validation scores by step, the best state.
+        self.validation: ValidationSet | None = None
+        self.validated: list[tuple[int, float]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_step: int | None = None
 
     # -- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -165,6 +196,7 @@ class Trainer:
             "sampler_gen": self.sampler_gen.get_state(), "synth_gen": self.synth_gen.get_state(),
             "history": asdict(self.history), "prototype_stats": self.prototype_stats,
             "snapshots_done": sorted(self._snapshots_done),
+            "validated": [list(v) for v in self.validated], "best_state": self.best_state, "best_step": self.best_step,
         }
 
     def save_state(self) -> None:
@@ -196,6 +228,8 @@ class Trainer:
         self.history = History(**state["history"])
         self.prototype_stats = state["prototype_stats"]
         self._snapshots_done = set(state["snapshots_done"])
+        self.validated = [(int(a), float(b)) for a, b in state.get("validated", [])]
+        self.best_state, self.best_step = state.get("best_state"), state.get("best_step")
         if self.history.steps and self.history.steps[-1] == self.step:
             self.last_loss = self.history.loss[-1]
         log.info("resumed from %s at step %d (%.1f min trained)", path, self.step, self.elapsed / 60)
@@ -257,6 +291,13 @@ class Trainer:
             self.build_prototypes()
             self.prototype_stats["seconds"] = round(time.perf_counter() - t0, 2)
             self._make_optimizer()
+        if self.settings.select_best:
+            self.validation = make_validation_set(self.data.calibration, self.data.calibration_foreground,
+                                                  self.synthesizer, self.settings.seed)
+            if self.validation is None:
+                log.warning("fewer than 2 held-out normal images: the final state is kept (no end-point selection)")
+            elif not self.validated:
+                self._validate()                 # step 0: the prototypes (and the prior) alone
         train_model = self._wrap_ddp()
         self.model.train()
         bar = self._progress_bar()
@@ -269,6 +310,9 @@ class Trainer:
                 loss = prn_loss(out.logits, batch.masks)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                lr = self.settings.lr_at(self.settings.progress(self.step, self.elapsed))
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
                 self.optimizer.step()
                 self.step += 1
                 self.elapsed = time.perf_counter() - started
@@ -279,6 +323,7 @@ class Trainer:
                     self.history.add(self.step, self.elapsed, value)
                 self._update_bar(bar, value)
                 self._maybe_snapshot()
+                self._maybe_validate()
                 if time.perf_counter() - last_save > self.settings.save_every_minutes * 60:
                     self.save_state()
                     last_save = time.perf_counter()
@@ -292,7 +337,10 @@ class Trainer:
             bar.close()
         if self.last_loss is not None and (not self.history.steps or self.history.steps[-1] != self.step):
             self.history.add(self.step, self.elapsed, self.last_loss)   # the curve ends at the last step
+        if self.validation is not None and (not self.validated or self.validated[-1][0] != self.step):
+            self._validate()
         self.save_state()
+        self._keep_best()
         if not self.dist.is_main:
             return None
         return self.write_checkpoint(self.out_dir / CHECKPOINT)
@@ -325,6 +373,41 @@ class Trainer:
                 (self.out_dir / "snapshots").mkdir(exist_ok=True)
                 self.write_checkpoint(self.out_dir / "snapshots" / f"checkpoint_step{self.step:06d}.pt")
                 self.model.train()
+
+    # -- end-point selection ---------------------------------------------------------------------
+    def _maybe_validate(self) -> None:
+        if self.validation is None:
+            return
+        done = len(self.validated) - 1            # validations after step 0
+        due = self.settings.progress(self.step, self.elapsed) * self.settings.validations
+        if due >= done + 1 and self.settings.progress(self.step, self.elapsed) < 1.0:
+            self._validate()
+
+    def _validate(self) -> None:
+        score = validation_score(self.model, self.validation, self.device)
+        self.model.train()
+        self.validated.append((self.step, round(score, 6)))
+        if self.best_step is None or score > max(v for s, v in self.validated if s == self.best_step):
+            self.best_step = self.step
+            self.best_state = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+        log.info("validation at step %d: %.4f (best: step %d)", self.step, score, self.best_step)
+
+    def _keep_best(self) -> None:
+        """Load the best validated state into the model (the checkpoint's weights)."""
+        if self.best_state is not None and self.best_step != self.step:
+            self.model.load_state_dict(self.best_state)
+            log.info("keeping step %d of %d: its validation score %.4f is the best", self.best_step, self.step,
+                     dict(self.validated)[self.best_step])
+
+    def selection_record(self) -> dict[str, Any]:
+        if self.validation is None:
+            return {"method": "final step" + (" (fewer than 2 held-out images to validate on)"
+                                              if self.settings.select_best else "")}
+        normal, anomalous = self.validation.counts
+        return {"method": "best validation score (mean of image AUROC and pixel AP)",
+                "validation_images": {"normal": normal, "synthesized_anomalous": anomalous},
+                "selected_step": self.best_step, "final_step": self.step,
+                "scores": [list(v) for v in self.validated]}
 
     # -- calibration and the checkpoint ----------------------------------------------------------
     @torch.no_grad()
@@ -359,7 +442,8 @@ class Trainer:
                 "budget": {"steps": s.steps, "minutes": s.minutes},
                 "epochs": round(self.step * s.batch_size * self.dist.world_size / len(self.normal), 2),
                 "device": device_name, "synthesis": asdict(self.synthesis), "loss_curve": self.history.thinned(),
-                "prototypes": self.prototype_stats,
+                "prototypes": self.prototype_stats, "lr_schedule": s.lr_schedule,
+                "selection": self.selection_record(),
             },
             "calibration": calibration,
             **self.extra_metadata,
