@@ -123,7 +123,7 @@ results-prototype-diagnosis: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install
 		--data $(ISSUE13_SETS) --results $(RESULTS)
 
 results-match-ablation: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install        # ~15 min per run
-	$(PY) benchmarks/match_ablation.py --steps 120 --threads $(THREADS) --variants image,patch+prior \
+	$(PY) benchmarks/match_ablation.py --steps 120 --threads $(THREADS) --variants image,patch+prior,patch+prior+pool3 \
 		--data $(DATA_ROOT)/magnetic_tile $(VARIATIONS)/bottle-unaligned --runs $(RUNS)/match_ablation \
 		--results $(RESULTS)
 

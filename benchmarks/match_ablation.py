@@ -68,7 +68,8 @@ def render(rows: list[dict], steps: int, origin: dict) -> str:
              f"Produced by `python benchmarks/match_ablation.py --steps {steps}`. Edge preset (EfficientNet-Lite0), "
              f"{steps} steps of batch 8, seed 0, every other option at prn-train's default (no DTD folder beside "
              "the variation sets). Final checkpoints; each run's 10 seen anomalies left out, PatchCore scored on "
-             "the same images. Metrics in percent: image AUROC / pixel AUROC / PRO@0.3 / AP.", "",
+             "the same images. Metrics in percent: image AUROC / pixel AUROC / PRO@0.3 / AP. A run found on disk "
+             "(its metrics.json) is reused, so rows may come from earlier commits of the same code path.", "",
              "| set | " + " | ".join(variants) + " | PatchCore |", "|---|" + "---|" * (len(variants) + 1)]
     for r in rows:
         lines.append(f"| {r['data']} | " + " | ".join(cell(r["runs"].get(v)) for v in variants)
