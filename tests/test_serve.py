@@ -9,6 +9,7 @@ they skip, saying so.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -286,14 +287,18 @@ def _free_ports(n: int) -> list[int]:
 
 
 class Server:
-    """``prn-serve`` in the serving environment, on loopback ports."""
+    """``prn-serve`` in the serving environment, on loopback ports (``ports``: HTTP, gRPC, metrics; default free ones).
 
-    def __init__(self, model: Path, *args: str) -> None:
-        self.http, self.grpc, self.metrics = _free_ports(3)
+    It runs in a session of its own, with its tritonserver and backend stubs, so that :meth:`kill` can
+    take all of them down at once, as a crash of the machine's server would.
+    """
+
+    def __init__(self, model: Path, *args: str, ports: tuple[int, int, int] | None = None) -> None:
+        self.http, self.grpc, self.metrics = ports or _free_ports(3)
         self.proc = subprocess.Popen(
             [str(SERVE_PYTHON), "-m", "prn_edge.serve.cli", "--model", str(model), "--threads", "1",
              "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO, start_new_session=True)
         import tritonclient.http as http
 
         self.client = http.InferenceServerClient(f"127.0.0.1:{self.http}")
@@ -309,6 +314,17 @@ class Server:
             time.sleep(0.3)
         self.stop()
         raise AssertionError("prn-serve was not ready within 90 s")
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return self.http, self.grpc, self.metrics
+
+    def kill(self) -> None:
+        """``kill -9`` prn-serve, its tritonserver and the backend stubs (its process group) at once."""
+        self.client.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate(timeout=60)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> tuple[int, str]:
         self.client.close()   # an open keep-alive connection holds tritonserver's exit for its timeout
@@ -408,7 +424,7 @@ def test_triton_results_equal_the_local_engine(server, bottle_batch):
     assert (batch_decisions[:, 0] == local_decisions[:4]).all()
 
 
-def test_health_metadata_and_metrics(server):
+def test_health_metadata_and_metrics(server, bottle_batch, exported):
     client = server.client
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("prn")
     meta = client.get_model_metadata("prn")
@@ -417,6 +433,13 @@ def test_health_metadata_and_metrics(server):
         ("anomaly_map", "FP32", [-1, 1, 128, 128]), ("score", "FP32", [-1, 1]), ("anomalous", "BOOL", [-1, 1])]
     config = client.get_model_config("prn")
     assert config["max_batch_size"] == 4 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 200000
+    # The model's metadata as parameters, as prn-serve repo writes them; the threshold is the served one.
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
+    props = {p.key: p.value for p in onnx.load(str(_version(exported) / "model.onnx"),
+                                                load_external_data=False).metadata_props}
+    assert {k: params[k] for k in props if k != "threshold"} == {k: v for k, v in props.items() if k != "threshold"}
+    assert float(params["threshold"]) == bottle_batch[3] and params["precision"] == "fp32"
+    assert params["input_size"] == "128" and params["engine"] == "onnxruntime-cpu:fp32"
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10) as response:
         metrics = response.read().decode()
     assert 'nv_inference_request_success{model="prn",version="1"}' in metrics
@@ -451,7 +474,10 @@ def test_a_taken_port_is_one_line(exported, server):
 def test_sigterm_stops_the_server_cleanly(exported):
     if not (SERVE_ENV / ".installed").is_file():
         pytest.skip(NO_SERVE_ENV)
-    running = Server(exported, "--instances", "2")
+    # One instance: with two, PyTriton 0.7.0's second Python-backend stub sometimes fails its handshake
+    # at start-up (ConnectionRefusedError in get_config_from_handshake_server, ~1 start in 5 here), a
+    # start-up race upstream that this test of the shutdown must not inherit.
+    running = Server(exported)
     children = _children(running.proc.pid)
     assert children, "prn-serve runs tritonserver as its child"
     status, err = running.stop(signal.SIGTERM)

@@ -20,10 +20,19 @@ import numpy as np
 
 from prn_edge.errors import PRNError
 
-__all__ = ["DEVICE_STAGES", "Engine", "check_frames", "check_outputs"]
+__all__ = ["DEVICE_STAGES", "Engine", "EngineUnavailable", "check_frames", "check_outputs"]
 
 #: The stages an engine that moves data to a device reports separately (seconds).
 DEVICE_STAGES = ("h2d", "compute", "d2h")
+
+
+class EngineUnavailable(PRNError):
+    """The engine cannot answer now, though nothing is wrong with the frames (a server that is down or
+    restarting): the same call may succeed later, so a caller may retry the same frames.
+
+    :class:`~prn_edge.runtime.loop.InspectionLoop` retries the frame in hand with back-off and counts it;
+    anything else reports it as the one-line error it is (a :class:`PRNError`).
+    """
 
 
 def check_frames(images: np.ndarray, size: int) -> np.ndarray:
@@ -85,6 +94,7 @@ class Engine(abc.ABC):
 
         Raises:
             PRNError: frames that break the contract, or outputs that do (shape, NaN).
+            EngineUnavailable: a remote engine that cannot answer now (the same frames may be retried).
         """
         images = check_frames(images, self.image_size)
         self._device_timings: dict[str, float] | None = None

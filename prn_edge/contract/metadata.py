@@ -16,8 +16,8 @@ from typing import Any
 
 from prn_edge.errors import PRNError, first_line
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEYS", "build_metadata", "parse_metadata", "read_metadata",
-           "set_metadata"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEYS", "build_metadata", "format_metadata", "parse_metadata",
+           "read_metadata", "set_metadata"]
 
 FORMAT = "prn-edge-onnx"
 FORMAT_VERSION = 1
@@ -74,6 +74,28 @@ def parse_metadata(props: Mapping[str, str]) -> dict[str, Any]:
             out[key] = None if value == "dynamic" else int(value)
         else:
             out[key] = value
+    return out
+
+
+def format_metadata(values: Mapping[str, Any]) -> dict[str, str]:
+    """Parsed metadata (:func:`parse_metadata`, an engine's ``metadata``) back to the strings of the file.
+
+    The inverse of :func:`parse_metadata` for every key it converts (None -> "", dicts and lists ->
+    JSON, ``batch`` None -> "dynamic", a threshold as ``repr(float)``, so it reads back exactly);
+    strings stay as they are; other values become ``str(value)``.
+    """
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            out[key] = value
+        elif value is None:
+            out[key] = "dynamic" if key == "batch" else ""
+        elif isinstance(value, (dict, list, tuple)):
+            out[key] = json.dumps(value, sort_keys=True)
+        elif key == "threshold":
+            out[key] = repr(float(value))
+        else:
+            out[key] = str(value)
     return out
 
 

@@ -10,12 +10,14 @@ The command is a thin view of :func:`prn_edge.runtime.api.inspect` (``prn_edge.a
         summary = loop.run()
 
 ``--view PORT`` adds :class:`~prn_edge.runtime.view.LiveView` (an MJPEG stream of the overlays).
+``--server grpc://HOST:PORT`` replaces ``--model``: the engine is
+:class:`~prn_edge.runtime.backends.triton.TritonEngine` (the model runs in Triton Inference Server).
 
 Every user error (a missing model, an unknown backend, a source that does not open, an
 unwritable ``--out``) is one line ``prn-inspect: error: ...`` and exit status 2, and is found
 before the output folder is created. Exit status 1 means the source failed for good in the
-middle of the run (everything inspected until then is stored); SIGINT and SIGTERM end the run
-cleanly with status 0.
+middle of the run, or the server stayed unavailable through its retries (one line on stderr naming
+it); everything inspected until then is stored. SIGINT and SIGTERM end the run cleanly with status 0.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from prn_edge.cli import (
     run_cli,
     thread_count,
 )
-from prn_edge.runtime.api import EXIT_SOURCE_FAILED  # noqa: F401 - the exit status, documented here too
+from prn_edge.runtime.api import EXIT_SERVER_FAILED, EXIT_SOURCE_FAILED  # noqa: F401 - documented here too
 
 PROG = "prn-inspect"
 
@@ -81,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "latencies) goes to OUT/results.db (SQLite, WAL) or OUT/results.jsonl; anomalous frames "
                     "and their overlays to OUT/anomalies/ (under a size cap). When inference is slower than "
                     "a camera, only the newest frame is kept (drops are counted). A lost source is reopened "
-                    "with back-off. Prints frames, drops, FPS, latency percentiles and defects at exit.",
+                    "with back-off. With --server the model runs in a Triton Inference Server (prn-serve) "
+                    "instead of here: same preprocessing, decisions and outputs; a frame that meets the server "
+                    "unavailable is retried with back-off and stored only once decided. Prints frames, drops, "
+                    "FPS, latency percentiles and defects at exit.",
         epilog="sources:\n"
                "  DIR or IMAGE                 image folder (name order) or one image\n"
                "  VIDEO                        video file (every frame is inspected)\n"
@@ -92,12 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
                "examples:\n"
                "  prn-inspect --model runs/bottle/export --source /dev/video0 --out runs/line1\n"
                "  prn-inspect --model model.onnx --source test.avi --backend onnxruntime-cpu --max-frames 100\n"
-               "  prn-inspect --model DIR --source rtsp://cam/stream --threshold 0.6 --roi 100,50,800,800\n\n"
-               "exit status: 0 done or stopped (SIGINT/SIGTERM), 1 the source failed for good, 2 user error\n"
+               "  prn-inspect --model DIR --source rtsp://cam/stream --threshold 0.6 --roi 100,50,800,800\n"
+               "  prn-inspect --server grpc://triton:8001 --source /dev/video0 --out runs/line1\n\n"
+               "exit status: 0 done or stopped (SIGINT/SIGTERM), 1 the source failed for good or the server\n"
+               "stayed unavailable (--server-attempts used up), 2 user error\n"
                "Python: prn_edge.runtime: load_engine, Pipeline, open_source, InspectionLoop",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path, metavar="DIR",
-                   help="model folder written by prn-export, or one .onnx / .engine / checkpoint .pt file")
+    p.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help="model folder written by prn-export, or one .onnx / .engine / checkpoint .pt file "
+                        "(or --server)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="instead of --model: a Triton Inference Server that serves it (prn-serve, or NVIDIA's "
+                        "container with a prn-serve repo repository), grpc://HOST:PORT or http://HOST:PORT; "
+                        "input size and threshold come from the server")
+    p.add_argument("--server-model", default=None, metavar="NAME",
+                   help="the model's name on the server (default prn, prn-serve's; a prn-serve repo "
+                        "repository has prn_onnxruntime and prn_tensorrt)")
+    p.add_argument("--server-attempts", type=positive_int, default=None, metavar="N",
+                   help="retries of a frame while the server is unavailable, with back-off (0.5 s doubling to "
+                        "10 s), before giving up (default: forever for cameras and streams, 5 for files)")
     p.add_argument("--source", metavar="SRC", help="what to inspect (see below); required unless --list-backends")
     p.add_argument("--backend", default="auto", choices=BACKENDS, metavar="B",
                    help=f"engine: {', '.join(BACKENDS)} (default auto: the best that loads here)")
@@ -160,24 +178,32 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{c.backend:<22} {c.precision:<5} {where:<24} {'ok' if c.available else c.reason}")
         return 0
 
-    result = inspect(args.model, args.source, backend=args.backend, precision=args.precision,
+    result = inspect(args.model, args.source, server=args.server, server_model=args.server_model,
+                     server_attempts=args.server_attempts, backend=args.backend, precision=args.precision,
                      threshold=args.threshold, out=args.out, max_frames=args.max_frames, config=args.config,
                      resize=args.resize, roi=args.roi, store=args.store, durability=args.durability,
                      max_image_mb=args.max_image_mb, threads=args.threads, device=args.device, loop=args.loop,
                      reconnect_attempts=args.reconnect_attempts, view=args.view, view_host=args.view_host,
                      say=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
     print(result.summary_text(PROG))
+    if result.error:
+        print(f"{PROG}: error: {result.error}", file=sys.stderr)
     return result.exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``prn-inspect``; returns the exit status (0; 1 source lost; 2 user error).
+    """Entry point of ``prn-inspect``; returns the exit status (0; 1 source or server lost; 2 user error).
 
     Args:
         argv: the arguments (default: ``sys.argv[1:]``).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.server is not None and (args.model is not None or args.list_backends):
+        parser.error("--server replaces --model" + (" and --list-backends (the server's engine runs the model)"
+                                                     if args.list_backends else ""))
+    if args.model is None and args.server is None:
+        parser.error("the following arguments are required: --model (or --server)")
     if args.source is None and not args.list_backends:
         parser.error("the following arguments are required: --source")
     return run_cli(PROG, lambda: _run(args))

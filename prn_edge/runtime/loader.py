@@ -8,6 +8,9 @@ when asked for, since its accuracy is a measured trade-off in the export report)
 PyTorch reference. A forced backend that cannot load is an error that says why; in ``auto``
 mode the reasons are collected and shown only if nothing loads. :func:`plan_engines` lists
 every candidate with the reason it cannot run, for ``--list-backends`` and ``prn-bench``.
+
+:func:`connect_server` is the other way to get an engine: a model served by Triton Inference Server
+(``prn-inspect --server``), where the server's engine does the work and this one sends frames.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from prn_edge.contract.model_folder import (
 from prn_edge.errors import PRNError, first_line
 from prn_edge.runtime.backends.onnxruntime import PROVIDERS
 
-__all__ = ["BACKENDS", "Candidate", "load_engine", "open_candidate", "plan_engines"]
+__all__ = ["BACKENDS", "Candidate", "connect_server", "load_engine", "open_candidate", "plan_engines"]
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +236,25 @@ def load_engine(model: str | os.PathLike, backend: str = "auto", *, precision: s
         return engine
     what = "no engine can run" if backend == "auto" else f"the {backend} backend cannot run"
     raise PRNError(f"{what} {Path(model)}: " + "; ".join(reasons))
+
+
+def connect_server(url: str, model: str | None = None, *, timeout: float = 30.0) -> Engine:
+    """An engine whose model runs in Triton Inference Server (``prn-serve`` or NVIDIA's container).
+
+    Args:
+        url: ``grpc://HOST:PORT`` or ``http://HOST:PORT``.
+        model: the model's name there (default: ``prn``, ``prn-serve``'s).
+        timeout: seconds one request may take before the server counts as unavailable.
+
+    Returns:
+        A :class:`~prn_edge.runtime.backends.triton.TritonEngine` with the served model's input size,
+        threshold and metadata.
+
+    Raises:
+        PRNError: a bad URL, tritonclient missing, no such model or not a PRN model there;
+            :class:`~prn_edge.contract.engine.EngineUnavailable` when the server cannot be reached.
+    """
+    from prn_edge.contract.serving import MODEL_NAME
+    from prn_edge.runtime.backends.triton import TritonEngine
+
+    return TritonEngine(url, model or MODEL_NAME, timeout=timeout)

@@ -6,6 +6,7 @@
                       | SourceError: close, back off, reopen (counted)           |
     calling thread: <-----------------------------------------------------------+
                     Pipeline (preprocess -> engine -> postprocess) -> ResultStore
+                      | EngineUnavailable (a server down): back off, the same frame again (counted)
                       + anomalous frames -> AnomalyImageWriter (background thread, bounded backlog)
 
 For a live source (camera, stream) the queue keeps only the newest frames: when inference
@@ -13,6 +14,11 @@ is slower than the camera the oldest waiting frame is dropped (and counted), so 
 never older than about two inference periods when its result is written. For files and
 folders the reader waits instead, so every frame is inspected. Memory stays flat: the
 queue is bounded, latencies go into fixed ring buffers, nothing is kept per frame.
+
+An engine that cannot answer for a while (a Triton server that went away, :class:`EngineUnavailable`)
+is retried on the same frame with back-off; a frame is stored only once its result has arrived, so
+no frame is ever recorded as decided when it was not. When the retries are used up the run ends
+("server failed: ..."), everything decided until then stored.
 
 :meth:`InspectionLoop.stop` (called by the SIGINT/SIGTERM handlers of
 :func:`stop_on_signals`) finishes the frame in hand, writes it, and returns.
@@ -32,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from prn_edge.contract.engine import EngineUnavailable
 from prn_edge.errors import PRNError, first_line
-from prn_edge.runtime.pipeline import Pipeline
+from prn_edge.runtime.pipeline import Detection, Pipeline
 from prn_edge.runtime.sources import Frame, Source, SourceError
 from prn_edge.runtime.store import AnomalyImageWriter, ResultStore
 
@@ -176,6 +183,8 @@ class Summary:
     images_evicted: int = 0      # files removed to stay under the size cap
     images_skipped: int = 0      # anomalies not written (writer backlog full, or over the cap)
     images_failed: int = 0       # anomaly images whose write failed (a full disk): the record names none
+    server_errors: int = 0       # frames whose engine call failed with a server unavailable (then retried)
+    server_retries: int = 0      # retries of such frames (failed ones included)
     seconds: float = 0.0
     fps: float = 0.0
     end: str = ""                # why the run ended
@@ -197,6 +206,8 @@ class InspectionLoop:
         drop: keep only the newest frames (default: the source's ``live``).
         queue_size: frames waiting at most.
         backoff: the reconnection policy (default: forever for live sources, 3 attempts otherwise).
+        engine_backoff: how a frame is retried while its engine is unavailable (a remote server): the
+            same frame again after each delay (default: forever for live sources, 5 retries otherwise).
         run_id: the run's id in the store (default: random).
         info: run metadata for the store (model, backend, ...).
         opened: the caller has opened ``source`` already (e.g. to fail early on a bad one).
@@ -206,13 +217,14 @@ class InspectionLoop:
     def __init__(self, pipeline: Pipeline, source: Source, store: ResultStore | None = None, *,
                  images: AnomalyImageWriter | None = None, max_frames: int | None = None,
                  drop: bool | None = None, queue_size: int = 1, backoff: Backoff | None = None,
-                 run_id: str | None = None, info: dict[str, Any] | None = None, opened: bool = False,
-                 on_result=None) -> None:
+                 engine_backoff: Backoff | None = None, run_id: str | None = None,
+                 info: dict[str, Any] | None = None, opened: bool = False, on_result=None) -> None:
         self.pipeline, self.source, self.store, self.images = pipeline, source, store, images
         self.max_frames = max_frames
         self.drop = source.live if drop is None else drop
         self.queue = LatestQueue(queue_size)
         self.backoff = backoff or Backoff(attempts=None if source.live else 3)
+        self.engine_backoff = engine_backoff or Backoff(attempts=None if source.live else 5)
         self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.info = info or {}
         self.summary = Summary(self.run_id)
@@ -345,9 +357,41 @@ class InspectionLoop:
                 raise self._reader_error
         return self.summary
 
+    def _judge(self, frame: Frame) -> Detection | None:
+        """The frame's detection; an unavailable engine is retried on this frame with back-off.
+
+        Returns None, the frame undecided (and never stored), when :meth:`stop` came during the
+        back-off or the retries were used up (the run then ends: "server failed: ...").
+        """
+        try:
+            return self.pipeline(frame.image)
+        except EngineUnavailable as exc:
+            last = exc
+        self.summary.server_errors += 1
+        log.warning("%s; retrying frame %d", first_line(last, 300), frame.sequence)
+        retries = 0
+        for delay in self.engine_backoff.delays():
+            if self._stop.wait(delay):          # interruptible back-off
+                return None
+            retries += 1
+            self.summary.server_retries += 1
+            try:
+                detection = self.pipeline(frame.image)
+            except EngineUnavailable as exc:
+                last = exc
+                log.warning("retry %d of frame %d failed: %s", retries, frame.sequence, first_line(exc, 300))
+                continue
+            log.warning("engine back after %d retr%s", retries, "y" if retries == 1 else "ies")
+            return detection
+        self.stop(f"server failed: {first_line(last, 300)}; gave up on frame {frame.sequence} after "
+                  f"{retries} retr{'y' if retries == 1 else 'ies'}")
+        return None
+
     def _inspect(self, frame: Frame) -> None:
         picked = time.monotonic()
-        detection = self.pipeline(frame.image)
+        detection = self._judge(frame)
+        if detection is None:
+            return
         t0 = time.perf_counter()
         if detection.anomalous:
             self.summary.anomalous += 1

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from prn_edge.cli import ArgumentParser, bounded_float, non_negative_int, positive_int, run_cli, thread_count
+from prn_edge.contract.serving import MODEL_NAME
 
 PROG = "prn-serve"
 
@@ -58,7 +59,7 @@ def _batching_flags(p: argparse.ArgumentParser) -> None:
                         "(max_queue_delay_microseconds; default 2000; 0 = send what is there)")
     p.add_argument("--instances", type=positive_int, default=1, metavar="N",
                    help="model instances, each running its own batches (default 1)")
-    p.add_argument("--name", default="prn", help="model name clients use (default prn)")
+    p.add_argument("--name", default=MODEL_NAME, help=f"model name clients use (default {MODEL_NAME})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,7 @@ from typing import Any
 
 from prn_edge.contract.metadata import read_metadata
 from prn_edge.contract.model_folder import PRECISIONS, find_model_files, precision_of, read_manifest
+from prn_edge.contract.serving import MODEL_NAME
 from prn_edge.errors import PRNError, first_line, require
 from prn_edge.io import check_output_dir, fsync_dir, make_output_dir, write_json_atomic, write_text_atomic
 
@@ -217,7 +218,7 @@ def _pick(table: Mapping[str, Path], precision: str | None, order: Sequence[str]
                    "(--precision)")
 
 
-def write_repository(model: str | os.PathLike, out: str | os.PathLike, *, name: str = "prn",
+def write_repository(model: str | os.PathLike, out: str | os.PathLike, *, name: str = MODEL_NAME,
                      backends: Sequence[str] | None = None, precision: str | None = None, max_batch: int = 8,
                      preferred_batch: Sequence[int] | None = None, queue_delay_us: int = 2000,
                      instances: int = 1, kind: str = "cpu", threads: int = 0,

@@ -11,7 +11,10 @@ against this server and against the NGC repository of ``prn-serve repo`` alike:
 
 * ``image``: uint8 ``[N, S, S, 3]`` RGB (prepared as ``prn-inspect`` prepares frames);
 * ``anomaly_map``: float32 ``[N, 1, S, S]``; ``score``: float32 ``[N, 1]``;
-* ``anomalous``: bool ``[N, 1]``, the decision (``score > threshold``), made here.
+* ``anomalous``: bool ``[N, 1]``, the decision (``score > threshold``), made here;
+* the model's metadata as ``parameters`` of its config (input size, checkpoint hash ..., and
+  ``threshold``: the one ``anomalous`` is decided with), as ``prn-serve repo`` writes them, so that
+  ``prn-inspect --server`` prepares and decides as locally (:mod:`prn_edge.contract.serving`).
 
 The one catch: PyTriton's Python-backend stub is linked against the system's ``libpython``
 and imports the standard library of the interpreter that runs ``prn-serve``. Another build of
@@ -34,6 +37,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from prn_edge.contract.serving import (
+    DECISION,
+    INPUT,
+    MAP,
+    MODEL_NAME,
+    SCORE,
+    served_parameters,
+)
 from prn_edge.errors import PRNError, first_line
 
 __all__ = ["SERVE_ENV", "ServeResult", "serve", "stub_python_problem"]
@@ -117,6 +128,9 @@ def stub_python_problem(stub: str | os.PathLike | None = None) -> str | None:
 
 def _check_port(host: str, port: int, flag: str) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As tritonserver binds: connections of a server that just died (TIME_WAIT) do not block a restart
+        # on its ports; a listening server still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -134,7 +148,7 @@ def _import_pytriton():
 
 
 def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | None = None, threads: int = 0,
-          device: str | None = None, name: str = "prn", threshold: float | None = None, max_batch: int = 8,
+          device: str | None = None, name: str = MODEL_NAME, threshold: float | None = None, max_batch: int = 8,
           preferred_batch: Sequence[int] | None = None, queue_delay_us: int = 2000, instances: int = 1,
           host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
           verbose: bool = False, say: Callable[[str], None] = lambda line: None) -> ServeResult:
@@ -194,9 +208,11 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
         def infer(image):
             judged = pipeline.judge(image)
             # The ONNX model's own output shapes, so one client serves both servers.
-            return {"anomaly_map": judged.maps[:, None], "score": judged.scores[:, None],
-                    "anomalous": judged.anomalous[:, None]}
+            return {MAP: judged.maps[:, None], SCORE: judged.scores[:, None], DECISION: judged.anomalous[:, None]}
         return infer
+
+    parameters = served_parameters(engines[0].metadata, precision=engines[0].precision,
+                                   threshold=pipelines[0].threshold, engine=engines[0].name)
 
     config = triton_mod.TritonConfig(http_address=host, http_port=int(http_port), grpc_address=host,
                                      grpc_port=int(grpc_port), metrics_address=host, metrics_port=int(metrics_port),
@@ -214,13 +230,15 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
     try:
         try:
             server.run()
-            server.bind(model_name=name, infer_func=[infer_function(p) for p in pipelines],
-                        inputs=[Tensor(name="image", dtype=np.uint8, shape=(size, size, 3))],
-                        outputs=[Tensor(name="anomaly_map", dtype=np.float32, shape=(1, size, size)),
-                                 Tensor(name="score", dtype=np.float32, shape=(1,)),
-                                 Tensor(name="anomalous", dtype=np.bool_, shape=(1,))],
-                        config=ModelConfig(max_batch_size=int(max_batch), batcher=DynamicBatcher(
-                            max_queue_delay_microseconds=int(queue_delay_us), preferred_batch_size=list(preferred))))
+            with _config_parameters(name, parameters):
+                server.bind(model_name=name, infer_func=[infer_function(p) for p in pipelines],
+                            inputs=[Tensor(name=INPUT, dtype=np.uint8, shape=(size, size, 3))],
+                            outputs=[Tensor(name=MAP, dtype=np.float32, shape=(1, size, size)),
+                                     Tensor(name=SCORE, dtype=np.float32, shape=(1,)),
+                                     Tensor(name=DECISION, dtype=np.bool_, shape=(1,))],
+                            config=ModelConfig(max_batch_size=int(max_batch), batcher=DynamicBatcher(
+                                max_queue_delay_microseconds=int(queue_delay_us),
+                                preferred_batch_size=list(preferred))))
         except KeyboardInterrupt:   # stopped while starting: as cleanly as when serving
             stopped_by = "signal"
         except Exception as exc:  # pytriton and tritonclient raise their own kinds; the log says why
@@ -248,6 +266,41 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
         raise PRNError(f"tritonserver ended by itself after {time.monotonic() - start:.0f} s: "
                        f"{_reason(server, None)}")
     return ServeResult(engines[0].name, name, time.monotonic() - start, stopped_by)
+
+
+@contextlib.contextmanager
+def _config_parameters(name: str, parameters: dict[str, str]):
+    """While inside, the model ``name`` that PyTriton binds carries ``parameters`` in its config.pbtxt.
+
+    PyTriton has no public way to set a model's ``parameters``; it writes its own backend parameters
+    (``workspace-path`` ...) there, from the config its ``Model`` builds once and keeps. Ours join them,
+    where ``prn-serve repo`` puts them too and a client reads them (``get_model_config``).
+
+    Raises:
+        PRNError: a PyTriton without that hook (the client could not read the threshold).
+    """
+    from pytriton.models.model import Model
+
+    original = getattr(Model, "_get_triton_model_config", None)
+    if original is None:
+        raise PRNError("this nvidia-pytriton cannot carry the model's metadata in its config (no "
+                       "Model._get_triton_model_config): install the version setup.py names (make serve-env)")
+
+    def with_parameters(model):
+        config = original(model)
+        if model.model_name == name:
+            own = config.backend_parameters     # built once and kept: ours may be there already
+            clash = sorted(k for k in parameters if k in own and own[k] != parameters[k])
+            if clash:
+                raise PRNError(f"PyTriton's own model parameters {clash} clash with the model's metadata")
+            config.backend_parameters.update(parameters)
+        return config
+
+    Model._get_triton_model_config = with_parameters
+    try:
+        yield
+    finally:
+        Model._get_triton_model_config = original
 
 
 def _reason(server, exc: BaseException | None) -> str:
