@@ -80,6 +80,7 @@ non_negative_int = _whole_number(0, MAX_COUNT, "an integer >= 0")
 thread_count = _whole_number(0, MAX_THREADS, f"a thread count from 0 (the library's default) to {MAX_THREADS}")
 positive_thread_count = _whole_number(1, MAX_THREADS, f"a thread count from 1 to {MAX_THREADS}")
 seed_number = _whole_number(0, MAX_SEED, f"a seed from 0 to {MAX_SEED}")
+tcp_port = _whole_number(1, 65535, "a TCP port from 1 to 65535")
 
 
 def bounded_float(unit: str, low: float | None = None, high: float | None = None, *,

@@ -31,6 +31,7 @@ from prn_edge.cli import (
     bounded_float,
     positive_int,
     run_cli,
+    tcp_port,
     thread_count,
 )
 from prn_edge.runtime.api import EXIT_SERVER_FAILED, EXIT_SOURCE_FAILED  # noqa: F401 - documented here too
@@ -59,16 +60,6 @@ def _roi(text: str) -> tuple[int, int, int, int]:
         raise argparse.ArgumentTypeError(f"expected x,y,w,h in pixels, got {text!r}")
     return values  # type: ignore[return-value]
 
-
-def _port(text: str) -> int:
-    """A TCP port for the live view: 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconnect-attempts", type=int, default=None, metavar="N",
                    help="failed reopenings in a row before giving up (default: forever for cameras and "
                         "streams, 3 for files)")
-    p.add_argument("--view", type=_port, default=None, metavar="PORT",
+    p.add_argument("--view", type=tcp_port, default=None, metavar="PORT",
                    help="live view: serve the newest overlay as an MJPEG stream on http://HOST:PORT/ "
                         "(also /latest.jpg and /status)")
     p.add_argument("--view-host", default="127.0.0.1", metavar="HOST",

@@ -12,22 +12,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from prn_edge.cli import ArgumentParser, bounded_float, non_negative_int, positive_int, run_cli, thread_count
+from prn_edge.cli import (
+    ArgumentParser,
+    bounded_float,
+    non_negative_int,
+    positive_int,
+    run_cli,
+    tcp_port,
+    thread_count,
+)
 from prn_edge.contract.serving import MODEL_NAME
 
 PROG = "prn-serve"
 
 __all__ = ["build_parser", "build_repo_parser", "main"]
 
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
-    return value
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -99,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     _batching_flags(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve the network)")
-    p.add_argument("--http-port", type=_port, default=8000, metavar="PORT", help="HTTP port (default 8000)")
-    p.add_argument("--grpc-port", type=_port, default=8001, metavar="PORT", help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=_port, default=8002, metavar="PORT",
+    p.add_argument("--http-port", type=tcp_port, default=8000, metavar="PORT", help="HTTP port (default 8000)")
+    p.add_argument("--grpc-port", type=tcp_port, default=8001, metavar="PORT", help="gRPC port (default 8001)")
+    p.add_argument("--metrics-port", type=tcp_port, default=8002, metavar="PORT",
                    help="Prometheus metrics port (default 8002)")
     p.add_argument("-v", "--verbose", action="store_true", help="print tritonserver's own log")
     return p

@@ -28,10 +28,12 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -250,8 +252,11 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
                 f"(preferred {list(preferred)}, queue delay {queue_delay_us} us), {instances} instance(s), "
                 f"threshold {pipelines[0].threshold:g}")
             try:
-                while server.is_alive():
-                    time.sleep(0.2)
+                with _stop_on_signals() as stop:
+                    while server.is_alive() and not stop.wait(0.2):
+                        pass
+                if stop.is_set():
+                    stopped_by = "signal"
             except KeyboardInterrupt:
                 stopped_by = "signal"
     finally:
@@ -266,6 +271,25 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
         raise PRNError(f"tritonserver ended by itself after {time.monotonic() - start:.0f} s: "
                        f"{_reason(server, None)}")
     return ServeResult(engines[0].name, name, time.monotonic() - start, stopped_by)
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """While serving, SIGINT and SIGTERM set the yielded event instead of raising KeyboardInterrupt.
+
+    An exception raised wherever the main thread happens to be can land inside PyTriton's health
+    check, which logs it with a traceback (CI, once in a few runs); an event is read where we wait.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, lambda _signum, _frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
