@@ -146,13 +146,13 @@ class PRN(nn.Module):
         patch = self.config.prototype_match == "patch"
         features: list[list[Tensor]] = [[] for _ in range(NUM_SCALES)]
         n = 0
-        kept: list[Tensor] = []          # the images again, for the prior's calibration
+        kept: list[list[Tensor]] = []    # the matched features, for the prior's calibration (no second encoding)
         for batch in batches:
             batch = batch.to(self._device())
             taps = [self.pool(t) for t in self.encode(batch)[:NUM_SCALES]]
             n += batch.shape[0]
             if self.prior is not None:
-                kept.append(batch)
+                kept.append(taps)
             for j in range(NUM_SCALES):
                 features[j].append((feature_vectors(taps[j]) if patch else taps[j].flatten(1)).cpu())
         if n == 0:
@@ -174,7 +174,7 @@ class PRN(nn.Module):
                      result.inertia, result.iterations, "" if result.converged else " (not converged)")
         if self.prior is not None:
             residuals = [[bank(f, self.config.residual).mean(dim=1, keepdim=True)   # all the prior reads
-                          for bank, f in zip(self.banks, map(self.pool, self.encode(b)))] for b in kept]
+                          for bank, f in zip(self.banks, taps)] for taps in kept]
             stats["prior"] = self.prior.calibrate(residuals)
         return stats
 

@@ -70,7 +70,7 @@ def match_residual(features: Tensor, prototypes: Tensor, sqnorm: Tensor, mode: s
     if match != "patch":
         raise PRNError(f"unknown prototype match {match!r}: choose 'image' or 'patch'")
     b, c, h, w = features.shape
-    patches = features.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)
+    patches = feature_vectors(features)[:, :, None, None]
     return residual_fn(patches, prototypes, sqnorm, mode).reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 

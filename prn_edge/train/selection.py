@@ -37,11 +37,12 @@ class ValidationSet:
 
 
 def make_validation_set(normal: torch.Tensor, foreground: torch.Tensor, synthesizer: AnomalySynthesizer,
-                        seed: int, rounds: int = 4) -> ValidationSet | None:
+                        seed: int, rounds: int = 4, device: torch.device | str = "cpu") -> ValidationSet | None:
     """The held-out normal images (uint8 (M, 3, S, S)) as they are, plus their synthesized anomalous copies.
 
     The synthesizer makes batches of four with its own normal:EA:SA mix; ``rounds`` passes over
-    the images collect the rows it turned anomalous. None when there are fewer than
+    the images collect the rows it turned anomalous (on ``device``, the synthesizer's; the set is kept on
+    the CPU). None when there are fewer than
     :data:`MIN_NORMAL` images.
     """
     if len(normal) < MIN_NORMAL:
@@ -52,7 +53,8 @@ def make_validation_set(normal: torch.Tensor, foreground: torch.Tensor, synthesi
     for _ in range(rounds):
         for start in range(0, len(order), 4):
             rows = [order[(start + i) % len(order)] for i in range(4)]
-            batch = synthesizer(to_unit_float(normal[rows]), foreground[rows].float(), generator)
+            batch = synthesizer(to_unit_float(normal[rows].to(device)), foreground[rows].to(device).float(),
+                                generator)
             keep = batch.masks.flatten(1).any(dim=1)
             images.append(batch.images[keep].cpu())
             masks.append(batch.masks[keep].cpu())

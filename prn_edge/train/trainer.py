@@ -293,7 +293,7 @@ class Trainer:
             self._make_optimizer()
         if self.settings.select_best:
             self.validation = make_validation_set(self.data.calibration, self.data.calibration_foreground,
-                                                  self.synthesizer, self.settings.seed)
+                                                  self.synthesizer, self.settings.seed, device=self.device)
             if self.validation is None:
                 log.warning("fewer than 2 held-out normal images: the final state is kept (no end-point selection)")
             elif not self.validated:
