@@ -56,7 +56,7 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
 	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration \
-	results-prototype-diagnosis results-match-ablation
+	results-prototype-diagnosis results-match-ablation results-serving
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -126,6 +126,16 @@ results-match-ablation: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install     
 	$(PY) benchmarks/match_ablation.py --steps 120 --threads $(THREADS) --variants image,patch+prior,patch+prior+pool3 \
 		--data $(DATA_ROOT)/magnetic_tile $(VARIATIONS)/bottle-unaligned --runs $(RUNS)/match_ablation \
 		--results $(RESULTS)
+
+# Issue 15: many cameras, one Triton server. The demo's model (~3 min to train), exported in FP32 (~1 min),
+# served by prn-serve from the serving environment; then ~8 min of interleaved runs.
+SERVING_MODEL := $(RUNS)/serving/model
+$(SERVING_MODEL)/manifest.json: $(DEMO_CKPT) | install
+	$(VENV)/bin/prn-export $(DEMO_CKPT) --out $(SERVING_MODEL) --threads $(THREADS) --no-progress
+
+results-serving: $(SERVING_MODEL)/manifest.json serve-env install      # serving.{md,json}
+	$(PY) benchmarks/serving.py --model $(SERVING_MODEL) --frames $(DATA_ROOT)/mvtec_ad/bottle/test \
+		--threads $(THREADS) --serve-python $(SERVE_VENV)/bin/python --out $(RESULTS)
 
 results-reliability: install                    # reliability.md; ~7 min: the chaos suite, kills included
 	$(PY) benchmarks/reliability.py --out $(RESULTS)/reliability.md

@@ -107,6 +107,23 @@ def test_engines_match_the_reference(bottle_model, backend):
         engine.close()
 
 
+def test_onnxruntime_threads_that_do_not_spin_give_the_same_results(bottle_model):
+    """prn-serve's engines (spinning=False) answer as the default ones (1e-6: the same kernels; only how ORT's
+    idle threads wait differs, which could at most change a thread split, not the arithmetic)."""
+    spin, rest = (load_engine(bottle_model.folder, "onnxruntime-cpu", threads=2, spinning=s) for s in (True, False))
+    key = "session.intra_op.allow_spinning"
+    try:
+        assert rest.session.get_session_options().get_session_config_entry(key) == "0"
+        with pytest.raises(Exception, match=key):   # not set: ORT's default, spinning
+            spin.session.get_session_options().get_session_config_entry(key)
+        maps, scores = rest.predict(bottle_model.inputs[:2])
+        ref_maps, ref_scores = spin.predict(bottle_model.inputs[:2])
+        assert np.abs(maps - ref_maps).max() <= 1e-6 and np.abs(scores - ref_scores).max() <= 1e-6
+    finally:
+        spin.close()
+        rest.close()
+
+
 def test_auto_picks_the_best_engine_that_runs_here(bottle_model, tmp_path):
     engine = load_engine(bottle_model.folder, threads=1)
     assert isinstance(engine, OnnxRuntimeEngine) and engine.name == "onnxruntime-cpu:fp32"

@@ -9,7 +9,6 @@ they skip, saying so.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 from conftest import REPO, small_checkpoint
 from prn_edge.errors import PRNError
 from prn_edge.io import file_sha256
+from prn_edge.serve.process import ServeProcess, free_tcp_ports
 
 pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -218,6 +217,9 @@ def test_repository_is_swapped_in_whole_and_foreign_folders_are_refused(exported
         assert len(err) == 1 and err[0].startswith("prn-serve repo: error:") and needle in err[0], err
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert _configs(out)["prn_onnxruntime"].max_batch_size == 16       # the failed runs changed nothing
+    assert main(["repo", "--model", str(exported), "--out", str(out), "--no-dynamic-batching"]) == 0
+    config = _configs(out)["prn_onnxruntime"]
+    assert config.max_batch_size == 8 and not config.HasField("dynamic_batching")
 
 
 def test_a_missing_model_or_an_unusable_out_is_one_line(exported, tmp_path, capsys):
@@ -276,67 +278,28 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+class Server(ServeProcess):
+    """``prn-serve`` from the serving environment with one thread, on free loopback ports (or ``ports``).
 
-
-class Server:
-    """``prn-serve`` in the serving environment, on loopback ports (``ports``: HTTP, gRPC, metrics; default free ones).
-
-    It runs in a session of its own, with its tritonserver and backend stubs, so that :meth:`kill` can
-    take all of them down at once, as a crash of the machine's server would.
+    ``client`` is a ``tritonclient.http`` client of it, closed before the server is stopped or killed.
     """
 
     def __init__(self, model: Path, *args: str, ports: tuple[int, int, int] | None = None) -> None:
-        self.http, self.grpc, self.metrics = ports or _free_ports(3)
-        self.proc = subprocess.Popen(
-            [str(SERVE_PYTHON), "-m", "prn_edge.serve.cli", "--model", str(model), "--threads", "1",
-             "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO, start_new_session=True)
         import tritonclient.http as http
 
+        try:
+            super().__init__(model, "--threads", "1", *args, python=SERVE_PYTHON, ports=ports, env=_env())
+        except PRNError as exc:
+            raise AssertionError(str(exc)) from None
         self.client = http.InferenceServerClient(f"127.0.0.1:{self.http}")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prn-serve ended with {self.proc.returncode}: {self.proc.stderr.read()[-3000:]}")
-            try:
-                if self.client.is_server_ready() and self.client.is_model_ready("prn"):
-                    return
-            except Exception:   # not listening yet
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError("prn-serve was not ready within 90 s")
-
-    @property
-    def ports(self) -> tuple[int, int, int]:
-        return self.http, self.grpc, self.metrics
 
     def kill(self) -> None:
-        """``kill -9`` prn-serve, its tritonserver and the backend stubs (its process group) at once."""
         self.client.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.communicate(timeout=60)
+        super().kill()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> tuple[int, str]:
         self.client.close()   # an open keep-alive connection holds tritonserver's exit for its timeout
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            _, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            raise AssertionError(f"prn-serve did not stop within {timeout} s after signal {sig}: {err[-2000:]}")
-        return self.proc.returncode, err
+        return super().stop(sig, timeout)
 
 
 def _children(pid: int) -> list[int]:
@@ -424,6 +387,25 @@ def test_triton_results_equal_the_local_engine(server, bottle_batch):
     assert (batch_decisions[:, 0] == local_decisions[:4]).all()
 
 
+def test_without_dynamic_batching_each_request_runs_alone(exported, bottle_batch):
+    """--no-dynamic-batching: concurrent single-image requests run one by one, with the same results."""
+    if not (SERVE_ENV / ".installed").is_file():
+        pytest.skip(NO_SERVE_ENV)
+    images, maps, scores, threshold = bottle_batch
+    alone = Server(exported, "--max-batch", "4", "--no-dynamic-batching", "--threshold", repr(threshold))
+    try:
+        assert "dynamic_batching" not in alone.client.get_model_config("prn")
+        with ThreadPoolExecutor(4) as pool:
+            singles = list(pool.map(lambda i: _infer(alone, images[i:i + 1]), range(4)))
+        np.testing.assert_allclose(np.concatenate([s for _, s, _ in singles])[:, 0], scores[:4], rtol=0, atol=1e-5)
+        _infer(alone, images[:2])   # a client's own batch still runs as one
+        stats = alone.statistics()
+        assert int(stats["inference_count"]) == 6 and int(stats["execution_count"]) == 5, stats
+        assert {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]} == {1: 4, 2: 1}
+    finally:
+        alone.stop()
+
+
 def test_health_metadata_and_metrics(server, bottle_batch, exported):
     client = server.client
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("prn")
@@ -462,8 +444,8 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, bott
 
 def test_a_taken_port_is_one_line(exported, server):
     proc = subprocess.run([str(SERVE_PYTHON), "-m", "prn_edge.serve.cli", "--model", str(exported),
-                           "--http-port", str(server.http), "--grpc-port", str(_free_ports(1)[0]),
-                           "--metrics-port", str(_free_ports(1)[0])],
+                           "--http-port", str(server.http), "--grpc-port", str(free_tcp_ports(1)[0]),
+                           "--metrics-port", str(free_tcp_ports(1)[0])],
                           capture_output=True, text=True, timeout=120, env=_env(), cwd=REPO)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr

@@ -91,10 +91,11 @@ def _ort_providers() -> list[str]:
 
 
 def plan_engines(model: str | os.PathLike | ModelFiles, backend: str = "auto", precision: str | None = None, *,
-                 threads: int = 0, device: str | None = None, plugin_library=None) -> list[Candidate]:
+                 threads: int = 0, device: str | None = None, plugin_library=None,
+                 spinning: bool = True) -> list[Candidate]:
     """Every candidate for ``backend`` (all of them for ``auto``), best first, with cheap availability checks.
 
-    ``threads``, ``device`` and ``plugin_library`` are how each candidate's :meth:`Candidate.open`
+    ``threads``, ``device``, ``plugin_library`` and ``spinning`` are how each candidate's :meth:`Candidate.open`
     will build it (see :func:`load_engine`).
 
     Raises:
@@ -151,7 +152,7 @@ def plan_engines(model: str | os.PathLike | ModelFiles, backend: str = "auto", p
         elif precision not in (None, "fp32"):
             reason = reason or "the PyTorch engine runs the FP32 checkpoint"
         out.append(Candidate("torch", files.checkpoint, "fp32", reason))
-    options = {"threads": threads, "device": device, "plugin_library": plugin_library}
+    options = {"threads": threads, "device": device, "plugin_library": plugin_library, "spinning": spinning}
     for c in out:
         c.options = options
         if c.backend == "onnxruntime-cpu" and c.precision == "fp16":
@@ -170,7 +171,7 @@ def _fused_reason() -> str:
 
 
 def open_candidate(candidate: Candidate, *, threads: int = 0, device: str | None = None,
-                   plugin_library=None) -> Engine:
+                   plugin_library=None, spinning: bool = True) -> Engine:
     """Build the engine of one candidate (see :func:`plan_engines`).
 
     Raises:
@@ -184,7 +185,7 @@ def open_candidate(candidate: Candidate, *, threads: int = 0, device: str | None
     if name.startswith("onnxruntime"):
         from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(candidate.path, providers=PROVIDERS[name], threads=threads)
+        return OnnxRuntimeEngine(candidate.path, providers=PROVIDERS[name], threads=threads, spinning=spinning)
     if name == "cupy-fused":
         from prn_edge.runtime.backends.cupy_fused import CupyFusedEngine
 
@@ -200,7 +201,7 @@ def open_candidate(candidate: Candidate, *, threads: int = 0, device: str | None
 
 def load_engine(model: str | os.PathLike, backend: str = "auto", *, precision: str | None = None,
                 threads: int = 0, device: str | None = None,
-                plugin_library: str | os.PathLike | None = None) -> Engine:
+                plugin_library: str | os.PathLike | None = None, spinning: bool = True) -> Engine:
     """The best engine for ``model`` that loads here, or the one ``backend`` forces.
 
     Args:
@@ -210,6 +211,7 @@ def load_engine(model: str | os.PathLike, backend: str = "auto", *, precision: s
         threads: CPU threads for ONNX Runtime / torch (0 = their default).
         device: torch device for the torch / cupy-fused engines (default: cuda if usable, else cpu).
         plugin_library: the TensorRT plugin library, when not the default one.
+        spinning: ONNX Runtime's idle threads spin-wait between ops (see :class:`OnnxRuntimeEngine`).
 
     Returns:
         A loaded engine.
@@ -219,7 +221,7 @@ def load_engine(model: str | os.PathLike, backend: str = "auto", *, precision: s
             (with the reason); or, for ``auto``, no backend at all (with every reason).
     """
     candidates = plan_engines(model, backend, precision, threads=threads, device=device,
-                              plugin_library=plugin_library)
+                              plugin_library=plugin_library, spinning=spinning)
     reasons = []
     for candidate in candidates:
         if not candidate.available:

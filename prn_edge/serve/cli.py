@@ -53,9 +53,14 @@ def _batching_flags(p: argparse.ArgumentParser) -> None:
                    help="largest batch Triton forms from concurrent requests (max_batch_size; default 8)")
     p.add_argument("--preferred-batch", type=_sizes, default=None, metavar="N,N",
                    help="batch sizes the dynamic batcher aims for (default: half the largest and the largest)")
-    p.add_argument("--queue-delay-us", type=non_negative_int, default=2000, metavar="US",
+    from prn_edge.serve.repository import DEFAULT_QUEUE_DELAY_US
+
+    p.add_argument("--queue-delay-us", type=non_negative_int, default=DEFAULT_QUEUE_DELAY_US, metavar="US",
                    help="how long a request may wait for others to join its batch, in microseconds "
-                        "(max_queue_delay_microseconds; default 2000; 0 = send what is there)")
+                        f"(max_queue_delay_microseconds; default {DEFAULT_QUEUE_DELAY_US}; 0 = send what is there)")
+    p.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
+                   help="run each request as it came instead of joining concurrent ones into batches "
+                        "(clients may still send batches; --preferred-batch and --queue-delay-us then do nothing)")
     p.add_argument("--instances", type=positive_int, default=1, metavar="N",
                    help="model instances, each running its own batches (default 1)")
     p.add_argument("--name", default=MODEL_NAME, help=f"model name clients use (default {MODEL_NAME})")
@@ -150,7 +155,8 @@ def _repo(args: argparse.Namespace) -> int:
     written = repo(args.model, args.out, name=args.name, backends=args.backends, precision=args.precision,
                    max_batch=args.max_batch, preferred_batch=args.preferred_batch,
                    queue_delay_us=args.queue_delay_us, instances=args.instances, kind=args.kind,
-                   threads=args.threads, plugin_library=args.plugin_library)
+                   threads=args.threads, plugin_library=args.plugin_library,
+                   dynamic_batching=args.dynamic_batching)
     for note in written.notes:
         print(f"{PROG} repo: note: {note}", file=sys.stderr)
     models = ", ".join(f"{m} ({b})" for m, b in written.models.items())
@@ -164,7 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
     result = serve(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                    device=args.device, name=args.name, threshold=args.threshold, max_batch=args.max_batch,
                    preferred_batch=args.preferred_batch, queue_delay_us=args.queue_delay_us,
-                   instances=args.instances, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                   instances=args.instances, dynamic_batching=args.dynamic_batching, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                    metrics_port=args.metrics_port, verbose=args.verbose,
                    say=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
     print(f"{PROG}: stopped after {result.seconds:.1f} s of serving '{result.model_name}' with {result.engine}",

@@ -45,7 +45,7 @@ from prn_edge.contract.serving import MODEL_NAME
 from prn_edge.errors import PRNError, first_line, require
 from prn_edge.io import check_output_dir, fsync_dir, make_output_dir, write_json_atomic, write_text_atomic
 
-__all__ = ["BACKENDS", "KINDS", "RECORD", "Repository", "TensorSpec", "check_batching", "check_model_name",
+__all__ = ["BACKENDS", "DEFAULT_QUEUE_DELAY_US", "KINDS", "RECORD", "Repository", "TensorSpec", "check_batching", "check_model_name",
            "default_preferred", "model_config_text", "onnx_io", "write_repository"]
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -94,6 +94,11 @@ class Repository:
     models: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     tensorrt_version: str | None = None
+
+
+#: How long a request may wait for others to join its batch (``max_queue_delay_microseconds``), unless
+#: told otherwise: short next to one image's compute on a CPU (~60 ms) or a GPU (~1-9 ms at batch 8).
+DEFAULT_QUEUE_DELAY_US = 2000
 
 
 def onnx_io(path: str | os.PathLike) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, str]]:
@@ -158,8 +163,11 @@ def _tensor_block(spec: TensorSpec) -> str:
 
 def model_config_text(*, name: str, backend: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                       max_batch: int, preferred: Sequence[int], queue_delay_us: int, instances: int, kind: str,
-                      parameters: Mapping[str, str], model_filename: str) -> str:
-    """The ``config.pbtxt`` of one model (protobuf text format of Triton's ``ModelConfig``)."""
+                      parameters: Mapping[str, str], model_filename: str, dynamic_batching: bool = True) -> str:
+    """The ``config.pbtxt`` of one model (protobuf text format of Triton's ``ModelConfig``).
+
+    Without ``dynamic_batching`` Triton runs each request as it came (clients may still send batches).
+    """
     warmup = []
     for size in sorted({1, max_batch}):
         feeds = "\n".join(
@@ -175,11 +183,11 @@ def model_config_text(*, name: str, backend: str, inputs: Sequence[TensorSpec], 
             f"max_batch_size: {int(max_batch)}\n"
             "input [\n" + ",\n".join(_tensor_block(t) for t in inputs) + "\n]\n"
             "output [\n" + ",\n".join(_tensor_block(t) for t in outputs) + "\n]\n"
-            "dynamic_batching {\n"
-            f"  preferred_batch_size: {_dims(preferred)}\n"
-            f"  max_queue_delay_microseconds: {int(queue_delay_us)}\n"
-            "}\n"
-            f"instance_group [\n  {{\n    count: {int(instances)}\n    kind: KIND_{kind.upper()}\n  }}\n]\n"
+            + ("dynamic_batching {\n"
+               f"  preferred_batch_size: {_dims(preferred)}\n"
+               f"  max_queue_delay_microseconds: {int(queue_delay_us)}\n"
+               "}\n" if dynamic_batching else "")
+            +             f"instance_group [\n  {{\n    count: {int(instances)}\n    kind: KIND_{kind.upper()}\n  }}\n]\n"
             "model_warmup [\n" + ",\n".join(warmup) + "\n]\n"
             + params + "\n")
 
@@ -220,9 +228,9 @@ def _pick(table: Mapping[str, Path], precision: str | None, order: Sequence[str]
 
 def write_repository(model: str | os.PathLike, out: str | os.PathLike, *, name: str = MODEL_NAME,
                      backends: Sequence[str] | None = None, precision: str | None = None, max_batch: int = 8,
-                     preferred_batch: Sequence[int] | None = None, queue_delay_us: int = 2000,
+                     preferred_batch: Sequence[int] | None = None, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
                      instances: int = 1, kind: str = "cpu", threads: int = 0,
-                     plugin_library: str | os.PathLike | None = None) -> Repository:
+                     plugin_library: str | os.PathLike | None = None, dynamic_batching: bool = True) -> Repository:
     """Write (or replace) the Triton model repository ``out`` for the model folder ``model``.
 
     Args:
@@ -240,6 +248,7 @@ def write_repository(model: str | os.PathLike, out: str | os.PathLike, *, name: 
         threads: ONNX Runtime's intra-op threads per instance (0: the backend's default).
         plugin_library: the PRN TensorRT plugin library (default: the one the engine was built with,
             else where the runtime finds it).
+        dynamic_batching: write ``dynamic_batching`` (False: Triton runs each request as it came).
 
     Returns:
         The :class:`Repository` written.
@@ -277,13 +286,14 @@ def write_repository(model: str | os.PathLike, out: str | os.PathLike, *, name: 
         model_name = f"{name}_onnxruntime"
         text = model_config_text(name=model_name, backend="onnxruntime", inputs=inputs, outputs=outputs,
                                  max_batch=max_batch, preferred=preferred, queue_delay_us=queue_delay_us,
-                                 instances=instances, kind=kind, parameters=params, model_filename="model.onnx")
+                                 instances=instances, kind=kind, parameters=params, model_filename="model.onnx",
+                                 dynamic_batching=dynamic_batching)
         plans.append((model_name, text, {"1/model.onnx": path}))
         result.models[model_name] = "onnxruntime"
         _check_input_size(inputs, meta, path)
     if "tensorrt" in wanted:
         plans.append(_tensorrt_plan(files, name, precision, max_batch, preferred, queue_delay_us, instances,
-                                    plugin_library, result))
+                                    plugin_library, result, dynamic_batching))
 
     make_output_dir(out.parent)   # the staging folder goes beside REPO
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
@@ -317,7 +327,7 @@ def _check_input_size(inputs: Sequence[TensorSpec], meta: Mapping[str, Any], pat
 
 
 def _tensorrt_plan(files, name, precision, max_batch, preferred, queue_delay_us, instances, plugin_library,
-                   result: Repository):
+                   result: Repository, dynamic_batching: bool):
     from prn_edge.runtime.backends.tensorrt_support import (
         PLUGIN_LIBRARY_NAME,
         find_plugin_library,
@@ -351,7 +361,7 @@ def _tensorrt_plan(files, name, precision, max_batch, preferred, queue_delay_us,
     text = model_config_text(name=model_name, backend="tensorrt", inputs=inputs, outputs=outputs, max_batch=batch,
                              preferred=[p for p in preferred if p <= batch] or [batch],
                              queue_delay_us=queue_delay_us, instances=instances, kind="gpu", parameters=params,
-                             model_filename=PLAN)
+                             model_filename=PLAN, dynamic_batching=dynamic_batching)
     result.models[model_name] = "tensorrt"
     result.tensorrt_version = str(sidecar.get("tensorrt_version"))
     return model_name, text, {f"1/{PLAN}": engine, PLUGIN_LIBRARY_NAME: Path(library)}

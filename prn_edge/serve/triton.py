@@ -48,6 +48,7 @@ from prn_edge.contract.serving import (
     served_parameters,
 )
 from prn_edge.errors import PRNError, first_line
+from prn_edge.serve.repository import DEFAULT_QUEUE_DELAY_US
 
 __all__ = ["SERVE_ENV", "ServeResult", "serve", "stub_python_problem"]
 
@@ -151,9 +152,9 @@ def _import_pytriton():
 
 def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | None = None, threads: int = 0,
           device: str | None = None, name: str = MODEL_NAME, threshold: float | None = None, max_batch: int = 8,
-          preferred_batch: Sequence[int] | None = None, queue_delay_us: int = 2000, instances: int = 1,
-          host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-          verbose: bool = False, say: Callable[[str], None] = lambda line: None) -> ServeResult:
+          preferred_batch: Sequence[int] | None = None, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, instances: int = 1,
+          dynamic_batching: bool = True, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
+          metrics_port: int = 8002, verbose: bool = False, say: Callable[[str], None] = lambda line: None) -> ServeResult:
     """Serve ``model`` until SIGINT or SIGTERM (or until tritonserver ends by itself).
 
     Args:
@@ -165,6 +166,7 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
         preferred_batch: batch sizes the dynamic batcher aims for (default: half the largest and the largest).
         queue_delay_us: how long a request may wait for others to join its batch.
         instances: model instances, each with its own engine (parallel batches).
+        dynamic_batching: join concurrent requests into batches (False: each request runs as it came).
         host: the address to listen on (127.0.0.1: this machine only; 0.0.0.0: the network).
         http_port, grpc_port, metrics_port: Triton's HTTP, gRPC and Prometheus ports.
         verbose: print tritonserver's own log.
@@ -200,7 +202,9 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
 
     import numpy as np
 
-    engines = [load_engine(model, backend, precision=precision, threads=threads, device=device)
+    # ONNX Runtime's threads do not spin between ops here: tritonserver and the Python-backend stub
+    # need the cores while a request moves (benchmarks/results/serving.md).
+    engines = [load_engine(model, backend, precision=precision, threads=threads, device=device, spinning=False)
                for _ in range(instances)]
     pipelines = [Pipeline(engine, InspectConfig(threshold=threshold)) for engine in engines]
     size = pipelines[0].size
@@ -240,16 +244,17 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
                                      Tensor(name=DECISION, dtype=np.bool_, shape=(1,))],
                             config=ModelConfig(max_batch_size=int(max_batch), batcher=DynamicBatcher(
                                 max_queue_delay_microseconds=int(queue_delay_us),
-                                preferred_batch_size=list(preferred))))
+                                preferred_batch_size=list(preferred)) if dynamic_batching else None))
         except KeyboardInterrupt:   # stopped while starting: as cleanly as when serving
             stopped_by = "signal"
         except Exception as exc:  # pytriton and tritonclient raise their own kinds; the log says why
             raise PRNError(f"tritonserver did not start: {_reason(server, exc)}") from exc
         if stopped_by == "server":
+            batching = (f"batches up to {max_batch} (preferred {list(preferred)}, queue delay {queue_delay_us} us)"
+                        if dynamic_batching else f"no dynamic batching (client batches up to {max_batch})")
             shown = "0.0.0.0 (all interfaces)" if host == "0.0.0.0" else host
             say(f"serving {model} with {engines[0].name} as model '{name}' on {shown}: HTTP :{http_port}, "
-                f"gRPC :{grpc_port}, metrics http://{host}:{metrics_port}/metrics; batches up to {max_batch} "
-                f"(preferred {list(preferred)}, queue delay {queue_delay_us} us), {instances} instance(s), "
+                f"gRPC :{grpc_port}, metrics http://{host}:{metrics_port}/metrics; {batching}, {instances} instance(s), "
                 f"threshold {pipelines[0].threshold:g}")
             try:
                 with _stop_on_signals() as stop:

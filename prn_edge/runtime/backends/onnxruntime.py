@@ -38,6 +38,10 @@ class OnnxRuntimeEngine(Engine):
         threads: intra-op threads (0 = ORT's default, one per core).
         profile_dir: record ORT's per-node profile into this folder (for :meth:`op_profile`);
             profiling slows every call, so timed runs never use it.
+        spinning: idle intra-op threads spin-wait for the next op (ORT's default: the lowest latency
+            for a process that has the cores to itself). False where other processes need the cores
+            between calls: in prn-serve, tritonserver and its Python-backend stub move every request
+            while the engine waits (benchmarks/results/serving.md measures the difference).
 
     Raises:
         PRNError: onnxruntime missing, the file missing or not a PRN export, or ORT refusing it.
@@ -46,7 +50,7 @@ class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None, threads: int = 0,
-                 profile_dir: str | os.PathLike | None = None) -> None:
+                 profile_dir: str | os.PathLike | None = None, spinning: bool = True) -> None:
         ort = require("onnxruntime", "the ONNX Runtime engine")
         self.path = Path(path)
         if not self.path.is_file():
@@ -60,6 +64,8 @@ class OnnxRuntimeEngine(Engine):
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3   # ORT warns about every unused initializer otherwise
         if profile_dir is not None:
             options.enable_profiling = True
