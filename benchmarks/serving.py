@@ -122,6 +122,15 @@ def run_local(pipeline, frames: list, requests: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "requests": requests, "latencies": latencies}
 
 
+def time_engine(pipeline, images, batch: int, requests: int) -> float:
+    """Milliseconds per image of ``pipeline.judge`` on prepared images in batches of ``batch``."""
+    done, t0 = 0, time.perf_counter()
+    while done < requests:
+        pipeline.judge(images[:batch])
+        done += batch
+    return 1e3 * (time.perf_counter() - t0) / done
+
+
 def summarise(runs: list[dict]) -> dict:
     """Median throughput over rounds; latency percentiles over every request; batches summed."""
     lat = [x for r in runs for x in r["latencies"]]
@@ -201,7 +210,9 @@ def render(result: dict) -> str:
         f"Local: one camera loop with the model in-process (ONNX Runtime, {a['threads']} threads), what one "
         f"`prn-inspect` process runs per frame: **{local['img_per_s']:.1f} img/s**, p50 "
         f"{local['latency_ms']['p50']:.1f} ms, p99 {local['latency_ms']['p99']:.1f} ms. x local: throughput "
-        "over that.",
+        "over that. The engine as prn-serve builds it (threads that do not spin), alone on prepared images, median "
+        "over rounds: " + ", ".join(f"batch {b} **{ms:.1f} ms** per image"
+                                    for b, ms in local["served_engine_ms_per_image"].items()) + ".",
         "",
         "| clients | server | img/s | x local | p50 ms | p90 ms | p99 ms | mean batch | batches Triton formed (size: count) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---|",
@@ -251,14 +262,29 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def reading(summary: dict, clients: list[int], local: dict) -> list[str]:
-    """What the table says, computed from it (no hand-written numbers)."""
+def reading(summary: dict, clients: list[int], local: dict, gpu: list[dict]) -> list[str]:
+    """What the tables say, computed from them (no hand-written numbers)."""
+    by_batch = {g["batch"]: g["ms_per_batch"] for g in gpu if g["engine"] == gpu[0]["engine"]} if gpu else {}
+    gpu_batch = (max(by_batch), by_batch[max(by_batch)] / by_batch[1]) if 1 in by_batch and len(by_batch) > 1 else None
     one = summary[NONE][str(min(clients))]
+    alone = {int(b): ms for b, ms in local["served_engine_ms_per_image"].items()}
+    small, large = min(alone), max(alone)
+    n = GOAL_CLIENTS if GOAL_CLIENTS in clients else max(clients)
+    none = summary[NONE][str(n)]["img_per_s"]
     best = max((summary[m][str(n)]["img_per_s"], m, n) for m in summary for n in clients)
     return [f"One client through Triton: {one['img_per_s']:.1f} img/s against {local['img_per_s']:.1f} locally "
             f"({one['img_per_s'] / local['img_per_s']:.2f}x): what the network hop, the server's Python backend and "
             f"the client's share of the cores cost one camera. The most any setting served: {best[0]:.1f} img/s "
-            f"({mode_label(best[1])}, {best[2]} clients), {best[0] / local['img_per_s']:.2f}x one local loop."]
+            f"({mode_label(best[1])}, {best[2]} clients), {best[0] / local['img_per_s']:.2f}x one local loop.",
+            "",
+            f"Why the throughput half falls short: the served engine alone (ONNX Runtime, threads that do not spin, no "
+            f"server) takes {alone[small]:.1f} ms per image at batch {small} and {alone[large]:.1f} at batch {large} "
+            f"({alone[small] / alone[large]:.2f}x), and the clients, tritonserver and its Python backend take their "
+            f"share of the same two cores. Without batching, {n} clients got "
+            f"{none:.1f} img/s, {none / local['img_per_s']:.2f}x the local loop; even a server as fast as the local "
+            f"loop, with the clients' work free, would be {local['img_per_s'] / none:.2f}x that. The ratio grows with "
+            "per-request overhead and with what a batch saves on the device, which is why it matters on a GPU"
+            + (f" (the H200 below: {gpu_batch[0]} images in {gpu_batch[1]:.2f}x the time of one)." if gpu_batch else ".")]
 
 
 def orin_model(gpu_rows: list[dict], gflops: float | None) -> list[str]:
@@ -339,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
                                       ready_timeout=180)
         local_engine = load_engine(args.model, "onnxruntime", threads=args.threads)
         local = Pipeline(local_engine)
+        # The engine as prn-serve builds it, alone: what a batch saves in compute, without any server.
+        served_engine = load_engine(args.model, "onnxruntime", threads=args.threads, spinning=False)
+        served = Pipeline(served_engine)
+        prepared = served.prepare([frames[k % len(frames)] for k in range(args.max_batch)])[0]
+        engine_ms: dict[str, list[float]] = {"1": [], str(args.max_batch): []}
+        for b in engine_ms:
+            time_engine(served, prepared, int(b), int(b))
         say(f"warming up ({len(frames)} frames, {frames[0].shape})")
         run_local(local, frames, 8)
         for m in modes:
@@ -347,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         local_runs = []
         for r in range(args.rounds):
             local_runs.append(run_local(local, frames, args.requests))
-            say(f"round {r + 1}/{args.rounds}: local {args.requests / local_runs[-1]['seconds']:.1f} img/s")
+            for b in engine_ms:
+                engine_ms[b].append(time_engine(served, prepared, int(b), args.requests // 2))
+            say(f"round {r + 1}/{args.rounds}: local {args.requests / local_runs[-1]['seconds']:.1f} img/s; served "
+                "engine alone, ms/img: " + ", ".join(f"batch {b} {v[-1]:.1f}" for b, v in engine_ms.items()))
             for n in args.clients:
                 shift = (r + n) % len(modes)   # each server goes first as often as the others
                 for m in modes[shift:] + modes[:shift]:
@@ -360,12 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         metadata = dict(local_engine.metadata)
         image_size = local.size
         local_engine.close()
+        served_engine.close()
     finally:
         for server in servers.values():
             server.stop()
 
     summary = {m: {str(n): summarise(runs[m][n]) for n in args.clients} for m in modes}
     local_summary = summarise(local_runs)
+    local_summary["served_engine_ms_per_image"] = {b: statistics.median(v) for b, v in engine_ms.items()}
     gflops = None
     sizes = REPO / "benchmarks" / "results" / "model_size.json"
     if sizes.is_file():
@@ -385,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                      "default_queue_delay_us": DEFAULT_QUEUE_DELAY_US,
                      "preferred": list(default_preferred(args.max_batch))},
         "local": local_summary, "summary": summary, "verdict": verdict(summary, args.clients),
-        "reading": reading(summary, args.clients, local_summary), "gpu": gpu, "orin": orin_model(gpu, gflops),
+        "reading": reading(summary, args.clients, local_summary, gpu), "gpu": gpu, "orin": orin_model(gpu, gflops),
         "onnxruntime": importlib_metadata.version("onnxruntime"), "provenance": origin,
     }
     args.out.mkdir(parents=True, exist_ok=True)
