@@ -7,11 +7,19 @@ PY := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py requirements/torch-cpu.txt
+# requirements/constraints.txt pins every dependency to the versions the demo and the results were
+# measured with (the package itself asks for ranges); `make constraints` rewrites it from a fresh .venv.
+$(VENV)/.installed: setup.py requirements/torch-cpu.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements/torch-cpu.txt
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r requirements/torch-cpu.txt -c requirements/constraints.txt
+	$(PY) -m pip install -q -e '.[dev]' -c requirements/constraints.txt
 	touch $@
+
+.PHONY: constraints
+constraints: install
+	{ sed -n '/^#/p' requirements/constraints.txt; \
+	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements/constraints.txt.new
+	mv requirements/constraints.txt.new requirements/constraints.txt
 
 demo: install
 	$(PY) -m prn_edge.demo

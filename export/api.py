@@ -80,7 +80,8 @@ def _positive_int(flag: str, value) -> int:
 def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = None, fp16: bool = False,
            int8: bool = False, engine: bool = False, calib: str | os.PathLike | None = None, calib_count: int = 32,
            calib_method: str = DEFAULT_CALIBRATION_METHOD, calib_percentile: float | None = None,
-           data: str | os.PathLike | None = None, tolerance: float = 0.5, seed: int = 0, threads: int = 2,
+           data: str | os.PathLike | None = None, tolerance: float = 0.5, int8_budget: float | None = None,
+           seed: int = 0, threads: int = 2,
            latency_rounds: int = 15, max_batch: int = 8, plugin_lib: str | os.PathLike | None = None,
            no_progress: bool = False, command: str | None = None,
            say: Callable[[str], None] | None = None) -> ExportResult:
@@ -109,6 +110,7 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) \
             or not 0 <= tolerance <= 100:
         raise PRNError(f"--tolerance expects points from 0 to 100, got {tolerance!r}")
+    check_number("--int8-budget", int8_budget, low=0, high=1440, low_open=True)
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else checkpoint.expanduser().parent / "export"
 
@@ -121,7 +123,8 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
         checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, engine=engine,
         calib=None if calib is None else Path(calib), calib_count=calib_count, calib_method=calib_method,
         calib_percentile=None if calib_percentile is None else float(calib_percentile),
-        data=None if data is None else Path(data), tolerance=float(tolerance), seed=seed, threads=threads,
+        data=None if data is None else Path(data), tolerance=float(tolerance),
+        int8_budget=None if int8_budget is None else float(int8_budget), seed=seed, threads=threads,
         latency_rounds=latency_rounds, max_batch=max_batch,
         plugin_library=None if plugin_lib is None else Path(plugin_lib), progress=not no_progress,
         command=command)

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "trained on; its seen anomalies are left out)")
     p.add_argument("--tolerance", type=bounded_float("points", 0, 100), default=0.5, metavar="POINTS",
                    help="INT8 accuracy gate in percentage points (default 0.5)")
+    p.add_argument("--int8-budget", type=bounded_float("minutes", 0, 1440, low_open=True), default=None,
+                   metavar="MIN",
+                   help="minutes the INT8 gate search may take: no new quantization trial starts after that, and "
+                        "an INT8 model that has not met the gate by then is left out, as when the search fails "
+                        "(default: no limit; each trial re-quantizes and re-scores the evaluation set)")
     p.add_argument("--seed", type=seed_number, default=0, help="seed of the calibration draw (default 0)")
     p.add_argument("--threads", type=positive_thread_count, default=2, metavar="N",
                    help="CPU threads for PyTorch and ONNX Runtime (default 2)")
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         result = export(
             args.checkpoint, out=args.out, fp16=args.fp16, int8=args.int8, engine=args.engine, calib=args.calib,
             calib_count=args.calib_count, calib_method=args.calib_method, calib_percentile=args.calib_percentile,
-            data=args.data, tolerance=args.tolerance, seed=args.seed,
+            data=args.data, tolerance=args.tolerance, int8_budget=args.int8_budget, seed=args.seed,
             threads=args.threads, latency_rounds=args.latency_rounds, max_batch=args.max_batch,
             plugin_lib=args.plugin_lib, no_progress=args.no_progress,
             command=" ".join([PROG] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]))

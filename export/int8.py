@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,27 +330,33 @@ class Sensitivity:
     worst_drop: float   # max over the gated metrics of (FP32 - this), in points
 
 
-def sensitivity(groups: list[ConvGroup], trial: Callable[[set[str]], dict[str, float]],
-                reference: dict[str, float], gated: tuple[str, ...],
-                progress: Callable[[str], None] = print) -> list[Sensitivity]:
-    """Rank the groups: most accuracy recovered by keeping that group alone in float first.
+#: Below this on any gated metric the FP32 model is close to chance, and INT8's rounding reorders its
+#: scores at random: a gate of a fraction of a point then measures noise, not quantization.
+NEAR_CHANCE = 0.6
+
+
+def gate_warning(labels: np.ndarray, reference: dict[str, float], gated: tuple[str, ...],
+                 tolerance: float) -> str | None:
+    """Why a ``tolerance``-point gate cannot mean much on this model and evaluation set, or None.
 
     Args:
-        groups: from :func:`conv_groups`.
-        trial: quantizes with the given node names kept in float and returns the metrics.
-        reference: the FP32 metrics.
+        labels: (N,) bool, True = defective, of the evaluation images.
+        reference: the FP32 metrics (fractions).
         gated: the metric names the gate checks.
-        progress: where to say what is being tried.
-
-    Returns:
-        One :class:`Sensitivity` per group, best recovery (smallest worst_drop) first.
+        tolerance: the gate, in points.
     """
-    ranked = []
-    for i, group in enumerate(groups, 1):
-        progress(f"INT8 sensitivity {i}/{len(groups)}: {group.name} in float")
-        metrics = trial(set(group.nodes))
-        ranked.append(Sensitivity(group, metrics, worst_drop(reference, metrics, gated)))
-    return sorted(ranked, key=lambda s: s.worst_drop)
+    labels = np.asarray(labels, bool)
+    pairs = int(labels.sum()) * int((~labels).sum())
+    if "image_auroc" in gated and pairs and 100.0 / pairs > tolerance:
+        return (f"the evaluation set has {int((~labels).sum())} normal and {int(labels.sum())} defective images: "
+                f"one reordered pair moves image AUROC by {100.0 / pairs:.2f} points, more than the {tolerance:g}-point "
+                "gate (give --data a category with more test images)")
+    weak = {k: reference[k] for k in gated if reference[k] < NEAR_CHANCE}
+    if weak:
+        shown = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in weak.items())
+        return (f"the FP32 model itself is near chance ({shown}): INT8's rounding reorders its scores at random, so "
+                f"a {tolerance:g}-point gate measures noise (train it longer first)")
+    return None
 
 
 def worst_drop(reference: dict[str, float], metrics: dict[str, float], gated: tuple[str, ...]) -> float:
@@ -368,11 +375,13 @@ class GateOutcome:
     ranked: tuple[Sensitivity, ...]   # empty when all-INT8 passed at once
     all_int8_drop: float              # worst drop with every convolution in INT8
     all_int8: dict[str, float] = field(default_factory=dict)   # that trial's metrics
+    stopped_by_budget: bool = False   # the search ran out of time before the gate held
 
 
 def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[str, float]],
                       reference: dict[str, float], gated: tuple[str, ...], tolerance: float,
-                      progress: Callable[[str], None] = print, *, prefix_limit: int = 2) -> GateOutcome:
+                      progress: Callable[[str], None] = print, *, prefix_limit: int = 2,
+                      budget_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> GateOutcome:
     """Find which parts of the network to keep in float so that INT8 holds the gate.
 
     1. All convolutions in INT8.
@@ -384,29 +393,63 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
        each) and keep the worst ones in float, one more at a time.
 
     Stops at the first trial within ``tolerance`` points, or with all groups but one in float
-    (beyond that the model is not INT8 any more): then ``passed`` is False and ``kept`` names
-    the groups that cost the accuracy, in order of how much (``ranked`` has every group).
+    (beyond that the model is not INT8 any more), or when ``budget_s`` seconds have passed (no
+    new trial starts after that; the first, all-INT8 one always runs): then ``passed`` is False
+    and ``kept`` names the groups that cost the accuracy, in order of how much (``ranked`` has
+    every group ranked so far). Each progress line says the trial's number and the time spent.
     """
-    metrics = all_int8 = trial(set())
+    start = clock()
+    trials = 0
+
+    def timed(keep: set[str]) -> dict[str, float]:
+        nonlocal trials
+        trials += 1
+        return trial(keep)
+
+    def spent() -> str:
+        used = (clock() - start) / 60
+        return f"{used:.1f} of {budget_s / 60:g} min" if budget_s is not None else f"{used:.1f} min"
+
+    def out_of_time() -> bool:
+        return budget_s is not None and clock() - start >= budget_s
+
+    metrics = all_int8 = timed(set())
     drop = first = worst_drop(reference, metrics, gated)
     if drop <= tolerance:
         return GateOutcome(True, metrics, drop, (), (), first, all_int8)
 
     def attempt(kept: list[ConvGroup]) -> tuple[dict[str, float], float]:
-        progress(f"INT8 with {', '.join(g.name for g in kept)} in float")
-        result = trial({n for g in kept for n in g.nodes})
+        progress(f"INT8 trial {trials + 1} ({spent()}): {', '.join(g.name for g in kept)} in float")
+        result = timed({n for g in kept for n in g.nodes})
         return result, worst_drop(reference, result, gated)
+
+    def stopped(kept, ranked) -> GateOutcome:
+        progress(f"INT8 search stopped: its budget of {budget_s / 60:g} min was spent after {trials} trials, "
+                 f"{drop:.2f} points still lost")
+        return GateOutcome(False, metrics, drop, tuple(kept), tuple(ranked), first, all_int8, True)
 
     progress(f"INT8 costs {drop:.2f} points (> {tolerance}): trying the input side in float first")
     for count in range(1, min(prefix_limit, len(groups) - 1) + 1):
+        if out_of_time():
+            return stopped(groups[:count - 1], ())
         metrics, drop = attempt(groups[:count])
         if drop <= tolerance:
             return GateOutcome(True, metrics, drop, tuple(groups[:count]), (), first, all_int8)
 
-    progress(f"still {drop:.2f} points: ranking the network's parts by sensitivity")
-    ranked = sensitivity(groups, trial, reference, gated, progress)
+    progress(f"still {drop:.2f} points: ranking the network's {len(groups)} parts by sensitivity "
+             f"(one trial each, then one per part kept in float)")
+    ranked: list[Sensitivity] = []
+    for i, group in enumerate(groups, 1):
+        if out_of_time():
+            return stopped(groups[:prefix_limit], sorted(ranked, key=lambda r: r.worst_drop))
+        progress(f"INT8 sensitivity {i}/{len(groups)} ({spent()}): {group.name} in float")
+        result = timed(set(group.nodes))
+        ranked.append(Sensitivity(group, result, worst_drop(reference, result, gated)))
+    ranked.sort(key=lambda r: r.worst_drop)
     kept: list[ConvGroup] = []
     for s in ranked[:max(1, len(ranked) - 1)]:
+        if out_of_time():
+            return stopped(kept, ranked)
         kept.append(s.group)
         metrics, drop = attempt(kept)
         if drop <= tolerance:

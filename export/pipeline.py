@@ -54,6 +54,7 @@ class ExportOptions:
     calib_percentile: float | None = None   # the percentile method's (default int8.DEFAULT_PERCENTILE)
     data: Path | None = None           # evaluation category; default: the checkpoint's
     tolerance: float = DEFAULT_TOLERANCE
+    int8_budget: float | None = None   # minutes the INT8 gate search may take (None: as long as it needs)
     seed: int = 0
     threads: int = 2
     latency_rounds: int = 15
@@ -335,7 +336,7 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     ``reference`` holds the FP32 ONNX's metrics: the gate compares like with like (same runtime).
     Calibrates once: the ranges do not depend on what stays in float.
     """
-    from prn_edge.export.int8 import calibrate, conv_groups, quantize_int8, search_keep_float
+    from prn_edge.export.int8 import calibrate, conv_groups, gate_warning, quantize_int8, search_keep_float
 
     onnx = _onnx()
     start = time.perf_counter()
@@ -349,6 +350,12 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
         "tolerance_points": options.tolerance, "gated": list(GATED), "keep_float": [], "trials": 0,
     }
 
+    scored = getattr(evaluation, "reference", None)   # the PyTorch model's evaluation: which images are defective
+    warning = gate_warning(scored.labels, reference, GATED, options.tolerance) if scored is not None else None
+    if warning:
+        record["warning"] = warning
+        say(f"warning: {warning}")
+
     def trial(keep: set[str]) -> dict[str, Any]:
         record["trials"] += 1
         quantize_int8(fp32_path, out_path, calibration, keep_float=keep)
@@ -356,7 +363,10 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
 
     say("quantizing to INT8 (all convolutions)")
     groups = conv_groups(onnx.load(str(fp32_path), load_external_data=False))
-    outcome = search_keep_float(groups, trial, reference, GATED, options.tolerance, progress=say)
+    budget_s = None if options.int8_budget is None else 60.0 * options.int8_budget
+    outcome = search_keep_float(groups, trial, reference, GATED, options.tolerance, progress=say, budget_s=budget_s)
+    record["budget_minutes"] = options.int8_budget
+    record["stopped_by_budget"] = outcome.stopped_by_budget
     record["result"] = outcome.metrics
     record["worst_drop_points"] = round(outcome.worst_drop, 3)
     record["all_int8_worst_drop_points"] = round(outcome.all_int8_drop, 3)
@@ -371,7 +381,8 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
         say(f"INT8 gate passed: worst drop {outcome.worst_drop:.2f} points (tolerance {options.tolerance}), "
             f"{sum(len(g.nodes) for g in outcome.kept)} convolutions kept in float")
         return record, True
-    say(f"INT8 gate FAILED: worst drop {outcome.worst_drop:.2f} points > {options.tolerance}; "
+    why = f" (its search stopped at the {options.int8_budget:g}-min budget)" if outcome.stopped_by_budget else ""
+    say(f"INT8 gate FAILED{why}: worst drop {outcome.worst_drop:.2f} points > {options.tolerance}; "
         "model.int8.onnx not written")
     with contextlib.suppress(FileNotFoundError):
         out_path.unlink()

@@ -37,7 +37,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"({int8['calibration']['source']}, seed {int8['calibration']['seed']}). Gate: "
                   f"{', '.join(LABELS[k] for k in int8['gated'])} each within {int8['tolerance_points']} points "
                   f"of the FP32 ONNX. All convolutions in INT8 cost "
-                  f"{int8['all_int8_worst_drop_points']} points at worst; {int8['trials']} quantization trial(s)."]
+                  f"{int8['all_int8_worst_drop_points']} points at worst; {int8['trials']} quantization trial(s)"
+                  + (f" in {int8['seconds']} s" if "seconds" in int8 else "")
+                  + (f"; the search stopped at its budget of {int8['budget_minutes']:g} min before the gate held"
+                     if int8.get("stopped_by_budget") else "") + "."]
+        if int8.get("warning"):
+            lines += ["", f"**Warning**: {int8['warning']}."]
         if int8.get("sensitivity"):
             lines += ["", "Sensitivity (each part alone kept in float; smaller = that part costs more):", "",
                       "| part of the network | convolutions | worst drop with it in float (points) |",

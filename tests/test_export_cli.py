@@ -150,6 +150,22 @@ def test_int8_gate_failure_names_the_nodes_and_keeps_the_rest(checkpoint, tmp_pa
     assert "The nodes that cost the accuracy" in md and f"`{kept['nodes'][0]}`: {kept['modules'][0]}" in md
 
 
+def test_int8_search_stops_at_its_budget(checkpoint, tmp_path, capsys, monkeypatch):
+    """--int8-budget: after the all-INT8 trial the budget is spent, no further trial starts, exit 1."""
+    monkeypatch.setattr(int8_module, "worst_drop", lambda reference, metrics, gated: 5.0)
+    out = tmp_path / "export"
+    rc = main([str(checkpoint), "--int8", "--int8-budget", "0.0001", "--out", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    assert "INT8 search stopped: its budget of 0.0001 min was spent after 1 trials" in captured.err
+    assert "INT8 gate FAILED (its search stopped at the 0.0001-min budget)" in captured.err
+    report = json.loads((published(out) / "export_report.json").read_text())
+    int8 = report["int8"]
+    assert int8["trials"] == 1 and int8["stopped_by_budget"] is True and int8["budget_minutes"] == 0.0001
+    assert "model.int8.onnx" not in visible(published(out))
+    assert "stopped at its budget of 0.0001 min" in (published(out) / "export_report.md").read_text()
+
+
 def _bad_inputs(tmp: Path, checkpoint: Path, category: Path) -> dict:
     truncated = tmp / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[:5000])
@@ -172,12 +188,13 @@ def _bad_inputs(tmp: Path, checkpoint: Path, category: Path) -> dict:
         "missing evaluation data": ([str(checkpoint), "--data", str(tmp / "nodata")], "nodata"),
         "bad count": ([str(checkpoint), "--calib-count", "0"], "positive integer"),
         "negative tolerance": ([str(checkpoint), "--tolerance", "-1"], "tolerance"),
+        "zero INT8 budget": ([str(checkpoint), "--int8", "--int8-budget", "0"], "minutes"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "truncated checkpoint", "foreign checkpoint",
                                   "output under a file", "empty calibration folder", "corrupt calibration image",
-                                  "missing evaluation data", "bad count", "negative tolerance"])
+                                  "missing evaluation data", "bad count", "negative tolerance", "zero INT8 budget"])
 def test_bad_input_is_one_line_and_writes_nothing(case, checkpoint, category, tmp_path, capsys):
     args, needle = _bad_inputs(tmp_path, checkpoint, category)[case]
     out = tmp_path / "out"

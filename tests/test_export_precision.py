@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 from prn_edge.errors import PRNError  # noqa: E402
-from prn_edge.export.int8 import ConvGroup, conv_groups, search_keep_float, worst_drop  # noqa: E402
+from prn_edge.export.int8 import ConvGroup, conv_groups, gate_warning, search_keep_float, worst_drop  # noqa: E402
 from prn_edge.export.tensorrt_build import build_settings, tensorrt_major  # noqa: E402
 from prn_edge.contract.model_folder import ModelFolder  # noqa: E402
 from prn_edge.runtime.backends import tensorrt_support as ts  # noqa: E402
@@ -89,6 +89,58 @@ def test_gate_fails_and_names_the_groups_when_float_everywhere_but_one_is_needed
     assert len(out.ranked) == 3
     assert out.worst_drop == pytest.approx(2.0)
     assert len(trials.calls) == 1 + 2 + 3 + 2
+
+
+class Clock:
+    """A clock that each trial moves on by ``step`` seconds."""
+
+    def __init__(self, trials: FakeTrials, step: float) -> None:
+        self.trials, self.step = trials, step
+
+    def __call__(self) -> float:
+        return len(self.trials.calls) * self.step
+
+
+@pytest.mark.parametrize("budget_trials, expect_calls, expect_ranked", [
+    (1, 1, 0),     # out of time after the all-INT8 trial: it always runs, nothing after it
+    (2, 2, 0),     # one input-side trial, then out of time before the second
+    (5, 5, 2),     # ranking stopped after two parts: those two are reported, best first
+])
+def test_gate_search_stops_when_its_budget_is_spent(budget_trials, expect_calls, expect_ranked):
+    trials = FakeTrials({"stem": 0.1, "early": 0.1, "late": 0.1, "head": 3.0})
+    lines: list[str] = []
+    out = search_keep_float(groups("stem", "early", "late", "head"), trials, REF, GATED, 0.5,
+                            progress=lines.append, budget_s=budget_trials * 60.0, clock=Clock(trials, 60.0))
+    assert not out.passed and out.stopped_by_budget
+    assert len(trials.calls) == expect_calls and len(out.ranked) == expect_ranked
+    assert out.all_int8_drop == pytest.approx(3.3) and out.worst_drop > 0.5
+    assert [r.worst_drop for r in out.ranked] == sorted(r.worst_drop for r in out.ranked)
+    assert f"budget of {budget_trials:g} min was spent after {expect_calls} trials" in lines[-1]
+
+
+def test_gate_search_within_its_budget_is_unchanged_and_says_where_it_is():
+    trials = FakeTrials({"stem": 0.1, "early": 0.1, "late": 0.1, "head": 3.0})
+    lines: list[str] = []
+    out = search_keep_float(groups("stem", "early", "late", "head"), trials, REF, GATED, 0.5,
+                            progress=lines.append, budget_s=600.0, clock=Clock(trials, 60.0))
+    assert out.passed and not out.stopped_by_budget and len(trials.calls) == 8
+    assert [g.name for g in out.kept] == ["head"]
+    assert any(line.startswith("INT8 sensitivity 4/4 (6.0 of 10 min)") for line in lines), lines
+    assert lines[-1].startswith("INT8 trial 8 (7.0 of 10 min): head in float"), lines
+
+
+def test_a_gate_that_cannot_mean_much_is_said_up_front():
+    import numpy as np
+
+    labels = np.array([False] * 16 + [True] * 32)          # the demo: 512 pairs, 0.2 points each
+    assert gate_warning(labels, REF, GATED, 0.5) is None
+    small = np.array([False] * 3 + [True] * 4)              # 12 pairs: one reordered pair is 8.3 points
+    text = gate_warning(small, REF, GATED, 0.5)
+    assert "3 normal and 4 defective" in text and "8.33 points" in text and "--data" in text
+    weak = dict(REF, image_auroc=0.55, pro=0.41)
+    text = gate_warning(labels, weak, GATED, 0.5)
+    assert "near chance" in text and "image auroc 0.550" in text and "pro 0.410" in text
+    assert "pixel" not in text and gate_warning(labels, weak, ("pixel_auroc",), 0.5) is None
 
 
 def _conv_model(weights: list[str]):

@@ -74,8 +74,12 @@ class DemoDataSpec:
     source: str = "brick"
     size: int = 256
     num_train: int = 40
-    num_test_good: int = 16
-    num_per_defect: int = 10
+    # 32 normal and 80 defective test images (72 evaluated, 8 are seen in training): one reordered
+    # normal/defective pair moves image AUROC by 0.04 points, well inside prn-export's 0.5-point INT8
+    # gate (with 16 and 40 it moved it by 0.2 points, and INT8's rounding of a few near-tied scores
+    # decided whether the gate held).
+    num_test_good: int = 32
+    num_per_defect: int = 20
     num_textures: int = 24
     seed: int = 0
 

@@ -442,6 +442,9 @@ class Trainer:
                 "budget": {"steps": s.steps, "minutes": s.minutes},
                 "epochs": round(self.step * s.batch_size * self.dist.world_size / len(self.normal), 2),
                 "device": device_name, "synthesis": asdict(self.synthesis), "loss_curve": self.history.thinned(),
+                # What the floats depend on besides the versions: the thread count that split each CPU
+                # reduction and the kernels' instruction set (AVX512, AVX2 ...).
+                "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "prototypes": self.prototype_stats, "lr_schedule": s.lr_schedule,
                 "selection": self.selection_record(),
             },
