@@ -341,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serving: {line}", file=sys.stderr, flush=True)
 
     find_model_files(args.model)
-    paths = list_images(args.frames, recursive=True)[:: max(1, len(list_images(args.frames, recursive=True))
-                                                           // args.max_frames)][: args.max_frames]
+    found = list_images(args.frames, recursive=True)
+    paths = found[:: max(1, len(found) // args.max_frames)][: args.max_frames]   # spread over the folder
     if not paths:
         parser.error(f"no images in {args.frames}")
     frames = [read_image(p, order="BGR") for p in paths]

@@ -396,10 +396,12 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
     (beyond that the model is not INT8 any more), or when ``budget_s`` seconds have passed (no
     new trial starts after that; the first, all-INT8 one always runs): then ``passed`` is False
     and ``kept`` names the groups that cost the accuracy, in order of how much (``ranked`` has
-    every group ranked so far). Each progress line says the trial's number and the time spent.
+    every group ranked so far; stopped by the budget, ``kept`` is what the last trial, whose
+    metrics these are, kept in float). Each progress line says the trial's number and the time spent.
     """
     start = clock()
     trials = 0
+    last_kept: list[ConvGroup] = []   # what the trial behind ``metrics`` kept in float
 
     def timed(keep: set[str]) -> dict[str, float]:
         nonlocal trials
@@ -419,19 +421,22 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
         return GateOutcome(True, metrics, drop, (), (), first, all_int8)
 
     def attempt(kept: list[ConvGroup]) -> tuple[dict[str, float], float]:
+        nonlocal last_kept
         progress(f"INT8 trial {trials + 1} ({spent()}): {', '.join(g.name for g in kept)} in float")
         result = timed({n for g in kept for n in g.nodes})
+        last_kept = list(kept)
         return result, worst_drop(reference, result, gated)
 
-    def stopped(kept, ranked) -> GateOutcome:
+    def stopped(ranked) -> GateOutcome:
         progress(f"INT8 search stopped: its budget of {budget_s / 60:g} min was spent after {trials} trials, "
                  f"{drop:.2f} points still lost")
-        return GateOutcome(False, metrics, drop, tuple(kept), tuple(ranked), first, all_int8, True)
+        ranked = sorted(ranked, key=lambda r: r.worst_drop)
+        return GateOutcome(False, metrics, drop, tuple(last_kept), tuple(ranked), first, all_int8, True)
 
     progress(f"INT8 costs {drop:.2f} points (> {tolerance}): trying the input side in float first")
     for count in range(1, min(prefix_limit, len(groups) - 1) + 1):
         if out_of_time():
-            return stopped(groups[:count - 1], ())
+            return stopped(())
         metrics, drop = attempt(groups[:count])
         if drop <= tolerance:
             return GateOutcome(True, metrics, drop, tuple(groups[:count]), (), first, all_int8)
@@ -441,7 +446,7 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
     ranked: list[Sensitivity] = []
     for i, group in enumerate(groups, 1):
         if out_of_time():
-            return stopped(groups[:prefix_limit], sorted(ranked, key=lambda r: r.worst_drop))
+            return stopped(ranked)
         progress(f"INT8 sensitivity {i}/{len(groups)} ({spent()}): {group.name} in float")
         result = timed(set(group.nodes))
         ranked.append(Sensitivity(group, result, worst_drop(reference, result, gated)))
@@ -449,7 +454,7 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
     kept: list[ConvGroup] = []
     for s in ranked[:max(1, len(ranked) - 1)]:
         if out_of_time():
-            return stopped(kept, ranked)
+            return stopped(ranked)
         kept.append(s.group)
         metrics, drop = attempt(kept)
         if drop <= tolerance:

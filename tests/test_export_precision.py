@@ -101,18 +101,20 @@ class Clock:
         return len(self.trials.calls) * self.step
 
 
-@pytest.mark.parametrize("budget_trials, expect_calls, expect_ranked", [
-    (1, 1, 0),     # out of time after the all-INT8 trial: it always runs, nothing after it
-    (2, 2, 0),     # one input-side trial, then out of time before the second
-    (5, 5, 2),     # ranking stopped after two parts: those two are reported, best first
+@pytest.mark.parametrize("budget_trials, expect_calls, expect_ranked, expect_kept", [
+    (1, 1, 0, []),                  # out of time after the all-INT8 trial: it always runs, nothing after it
+    (2, 2, 0, ["stem"]),            # one input-side trial, then out of time before the second
+    (5, 5, 2, ["stem", "early"]),   # ranking stopped after two parts: those two are reported, best first
 ])
-def test_gate_search_stops_when_its_budget_is_spent(budget_trials, expect_calls, expect_ranked):
+def test_gate_search_stops_when_its_budget_is_spent(budget_trials, expect_calls, expect_ranked, expect_kept):
     trials = FakeTrials({"stem": 0.1, "early": 0.1, "late": 0.1, "head": 3.0})
     lines: list[str] = []
     out = search_keep_float(groups("stem", "early", "late", "head"), trials, REF, GATED, 0.5,
                             progress=lines.append, budget_s=budget_trials * 60.0, clock=Clock(trials, 60.0))
     assert not out.passed and out.stopped_by_budget
     assert len(trials.calls) == expect_calls and len(out.ranked) == expect_ranked
+    assert [g.name for g in out.kept] == expect_kept     # what the last trial, whose metrics these are, kept
+    assert {n for g in out.kept for n in g.nodes} in trials.calls
     assert out.all_int8_drop == pytest.approx(3.3) and out.worst_drop > 0.5
     assert [r.worst_drop for r in out.ranked] == sorted(r.worst_drop for r in out.ranked)
     assert f"budget of {budget_trials:g} min was spent after {expect_calls} trials" in lines[-1]
