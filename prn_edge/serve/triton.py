@@ -2,9 +2,11 @@
 
 The ``nvidia-pytriton`` wheel carries a real Triton Inference Server (HTTP, gRPC, Prometheus
 metrics, dynamic batching) with its Python backend; the model is a PyTriton binding whose
-function runs :class:`~prn_edge.runtime.pipeline.Pipeline` on the engine
-:func:`~prn_edge.runtime.loader.load_engine` picks (ONNX Runtime on a CPU, TensorRT or the
-CuPy-fused model on a GPU). Triton forms the batches; each call judges one batch.
+function runs the engine :func:`~prn_edge.runtime.loader.load_engine` picks (ONNX Runtime on a
+CPU, TensorRT or the CuPy-fused model on a GPU) and decides each score with the contract's rule.
+Triton forms the batches; each call judges one batch. Defect regions are the client's work (its
+:class:`~prn_edge.runtime.pipeline.Pipeline` finds them in the map in frame pixels), so the
+server does not find them too.
 
 The model takes what the exported ONNX takes and returns what it returns, so a client works
 against this server and against the NGC repository of ``prn-serve repo`` alike:
@@ -181,7 +183,7 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
     """
     from prn_edge.contract.model_folder import find_model_files
     from prn_edge.runtime.loader import load_engine
-    from prn_edge.runtime.pipeline import InspectConfig, Pipeline
+    from prn_edge.contract.decision import decide, resolve_threshold
     from prn_edge.serve.repository import check_batching, check_model_name
 
     check_model_name(name)
@@ -206,19 +208,19 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
     # need the cores while a request moves (benchmarks/results/serving.md).
     engines = [load_engine(model, backend, precision=precision, threads=threads, device=device, spinning=False)
                for _ in range(instances)]
-    pipelines = [Pipeline(engine, InspectConfig(threshold=threshold)) for engine in engines]
-    size = pipelines[0].size
+    served_threshold = resolve_threshold(threshold, engines[0].threshold)
+    size = engines[0].image_size
 
-    def infer_function(pipeline: Pipeline):
+    def infer_function(engine):
         @batch
         def infer(image):
-            judged = pipeline.judge(image)
+            maps, scores = engine.predict(image)
             # The ONNX model's own output shapes, so one client serves both servers.
-            return {MAP: judged.maps[:, None], SCORE: judged.scores[:, None], DECISION: judged.anomalous[:, None]}
+            return {MAP: maps[:, None], SCORE: scores[:, None], DECISION: decide(scores, served_threshold)[:, None]}
         return infer
 
     parameters = served_parameters(engines[0].metadata, precision=engines[0].precision,
-                                   threshold=pipelines[0].threshold, engine=engines[0].name)
+                                   threshold=served_threshold, engine=engines[0].name)
 
     config = triton_mod.TritonConfig(http_address=host, http_port=int(http_port), grpc_address=host,
                                      grpc_port=int(grpc_port), metrics_address=host, metrics_port=int(metrics_port),
@@ -237,7 +239,7 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
         try:
             server.run()
             with _config_parameters(name, parameters):
-                server.bind(model_name=name, infer_func=[infer_function(p) for p in pipelines],
+                server.bind(model_name=name, infer_func=[infer_function(e) for e in engines],
                             inputs=[Tensor(name=INPUT, dtype=np.uint8, shape=(size, size, 3))],
                             outputs=[Tensor(name=MAP, dtype=np.float32, shape=(1, size, size)),
                                      Tensor(name=SCORE, dtype=np.float32, shape=(1,)),
@@ -255,7 +257,7 @@ def serve(model: str | os.PathLike, *, backend: str = "auto", precision: str | N
             shown = "0.0.0.0 (all interfaces)" if host == "0.0.0.0" else host
             say(f"serving {model} with {engines[0].name} as model '{name}' on {shown}: HTTP :{http_port}, "
                 f"gRPC :{grpc_port}, metrics http://{host}:{metrics_port}/metrics; {batching}, {instances} instance(s), "
-                f"threshold {pipelines[0].threshold:g}")
+                f"threshold {served_threshold:g}")
             try:
                 with _stop_on_signals() as stop:
                     while server.is_alive() and not stop.wait(0.2):

@@ -219,6 +219,8 @@ class TritonEngine(Engine):
         if self._stale:     # the server failed before: the same model must be back before frames are sent
             self._read_model(first=False)
             self._stale = False
+        if images.shape[0] <= self.max_batch:   # a camera's frame: one request, no copy
+            return self._infer(images)
         maps, scores = [], []
         for start in range(0, images.shape[0], self.max_batch):
             chunk_maps, chunk_scores = self._infer(images[start:start + self.max_batch])
