@@ -64,7 +64,7 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
 	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration \
-	results-prototype-diagnosis results-match-ablation results-serving
+	results-prototype-diagnosis results-match-ablation results-match-ablation-20min results-serving
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -127,13 +127,18 @@ ISSUE13_SETS = $(DATA_ROOT)/magnetic_tile $(VARIATIONS)/bottle-unaligned $(DEMO_
 	$(DATA_ROOT)/mvtec_ad/bottle $(VARIATIONS)/bottle-darker
 
 results-prototype-diagnosis: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install   # ~40 min
-	$(PY) benchmarks/prototype_diagnosis.py --variants image,patch,patch+pool3 --threads $(THREADS) \
+	$(PY) benchmarks/prototype_diagnosis.py --variants image,patch,patch+pool3-inside,patch+pool3,patch+pool3+s23 --reuse --threads $(THREADS) \
 		--data $(ISSUE13_SETS) --results $(RESULTS)
 
 results-match-ablation: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install        # ~15 min per run
-	$(PY) benchmarks/match_ablation.py --steps 120 --threads $(THREADS) --variants image,patch+prior,patch+prior+pool3 \
+	$(PY) benchmarks/match_ablation.py --steps 120 --threads $(THREADS) --variants image,patch+prior,patch+prior+pool3-inside,patch+prior+pool3+s23 \
 		--data $(DATA_ROOT)/magnetic_tile $(VARIATIONS)/bottle-unaligned --runs $(RUNS)/match_ablation \
 		--results $(RESULTS)
+
+# The issue's budget: 20 minutes per run on 2 cores, two seeds; ~25 min per run with its evaluation.
+results-match-ablation-20min: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install
+	$(PY) benchmarks/match_ablation.py --minutes 20 --seed 0,1 --threads $(THREADS) --name match_ablation_20min \
+		--variants patch+prior+pool3+s23 --data $(ISSUE13_SETS) --runs $(RUNS)/match_ablation --results $(RESULTS)
 
 # Issue 15: many cameras, one Triton server. The demo's model (~3 min to train), exported in FP32 (~1 min),
 # served by prn-serve from the serving environment; then ~8 min of interleaved runs.

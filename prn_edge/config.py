@@ -14,6 +14,7 @@ from prn_edge.errors import PRNError
 BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
 RESIDUAL_MODES = ("abs", "square")
 PROTOTYPE_MATCHES = ("image", "patch")
+POOLING_BORDERS = ("zeros", "inside")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,18 @@ class PRNConfig:
         match_pooling: side of the neighbourhood each feature is averaged over before it is
             matched (1: none; 3: each position with its 8 neighbours, PatchCore's "locally aware"
             features), for the prototypes and at inference alike.
+        match_pooling_border: how ``match_pooling`` averages positions at the map's border.
+            ``zeros`` (PatchCore's ``AvgPool2d``): the map is padded with zeros, so a border
+            feature shrinks towards zero (by 1/3 on an edge, 5/9 in a corner). That damps the
+            backbone's own zero-padding artefacts, which otherwise make the border the most
+            "anomalous" part of every normal image: on magnetic tile it lifts the untrained prior's
+            image AUROC from 71 to 86 (benchmarks/results/prototype_diagnosis.md). ``inside``: the mean
+            of the neighbours inside the map (what checkpoints without this field were trained with).
+        prior_scales: the scales (1 = stride 4, 2 = stride 8, 3 = stride 16) whose residuals the
+            residual prior averages. The stride-4 residuals are fine-grained but noisy (24 channels
+            of early features): in the prior they cost image AUROC on textures and unaligned parts
+            (magnetic tile 86 with them, 88 without), but they carry the finest defects (the demo's
+            bricks: AP 57 with them, 44 without).
         residual_prior: add the residuals' own evidence to the logits: ``gain * (E - bias)``,
             E the per-position residual magnitude (each scale divided by its mean on the normal
             training images, the scales averaged), gain and bias learnt and initialised from the
@@ -59,7 +72,9 @@ class PRNConfig:
     prototype_match: str = "image"
     patch_prototypes: int = 1024
     match_pooling: int = 1
+    match_pooling_border: str = "zeros"
     residual_prior: bool = False
+    prior_scales: tuple[int, ...] = (1, 2, 3)
     share_fusion_weights: bool = False
     msa_layers: int = 3
     decoder_resolution: int = 256
@@ -72,6 +87,8 @@ class PRNConfig:
         # Tuples arrive as lists from JSON/ONNX metadata; keep the dataclass hashable.
         if isinstance(self.decoder_channels, list):
             object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
+        if isinstance(self.prior_scales, list):
+            object.__setattr__(self, "prior_scales", tuple(self.prior_scales))
         self.validate()
 
     def validate(self) -> None:
@@ -89,6 +106,13 @@ class PRNConfig:
                            f"{', '.join(PROTOTYPE_MATCHES)}")
         if self.match_pooling < 1 or self.match_pooling % 2 == 0:
             raise PRNError(f"match_pooling must be an odd side >= 1, got {self.match_pooling}")
+        if self.match_pooling_border not in POOLING_BORDERS:
+            raise PRNError(f"unknown match_pooling_border {self.match_pooling_border!r}: choose one of "
+                           f"{', '.join(POOLING_BORDERS)}")
+        scales = self.prior_scales
+        if (not isinstance(scales, tuple) or not scales or any(s not in (1, 2, 3) for s in scales)
+                or tuple(sorted(set(scales))) != scales):
+            raise PRNError(f"prior_scales must be distinct scales of 1, 2, 3 in increasing order, got {scales}")
         if self.patch_prototypes < 1:
             raise PRNError(f"patch_prototypes must be >= 1, got {self.patch_prototypes}")
         if not 0 < self.prototype_ratio <= 1:
@@ -131,17 +155,21 @@ class PRNConfig:
         out = dataclasses.asdict(self)
         if out["decoder_channels"] is not None:
             out["decoder_channels"] = list(out["decoder_channels"])
+        out["prior_scales"] = list(out["prior_scales"])
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PRNConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults
+        (except ``match_pooling_border``: ``inside``, the behaviour before the field existed)."""
         if not isinstance(data, dict):
             raise PRNError(f"config must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise PRNError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        # Written before the field existed: those models averaged the neighbours inside the map.
+        data = {"match_pooling_border": "inside", **data}
         return cls(**data)
 
 

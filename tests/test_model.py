@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from prn_edge.config import get_config
+from prn_edge.config import PRNConfig, get_config
 from prn_edge.errors import PRNError
 from prn_edge.model import PRN
 from prn_edge.model.attention import (
@@ -190,15 +190,45 @@ def test_patch_match_is_position_free_and_image_match_is_not():
         PrototypeBank(4, 8, 8, match="window")
 
 
-def test_match_pooling_averages_each_position_with_its_neighbours_inside_the_map():
-    model = PRN(get_config("edge", match_pooling=3), backbone=build_backbone("efficientnet_lite0", weights="none"))
+def test_match_pooling_averages_each_position_with_its_neighbours_zeros_beyond_the_border():
+    backbone = build_backbone("efficientnet_lite0", weights="none")
+    model = PRN(get_config("edge", match_pooling=3, match_pooling_border="zeros"), backbone=backbone)
     x = torch.randn(1, 2, 5, 6)
     pooled = model.pool(x)
     torch.testing.assert_close(pooled[0, :, 2, 3], x[0, :, 1:4, 2:5].mean(dim=(1, 2)))
-    torch.testing.assert_close(pooled[0, :, 0, 0], x[0, :, 0:2, 0:2].mean(dim=(1, 2)))    # a corner: 4 inside
-    assert torch.equal(make_model("edge", "efficientnet_lite0").pool(x), x)              # default: as they are
+    torch.testing.assert_close(pooled[0, :, 0, 0], x[0, :, 0:2, 0:2].sum(dim=(1, 2)) / 9)  # a corner: 4 of 9
+    torch.testing.assert_close(pooled[0, :, 0, 3], x[0, :, 0:2, 2:5].sum(dim=(1, 2)) / 9)  # an edge: 6 of 9
+    inside = PRN(get_config("edge", match_pooling=3, match_pooling_border="inside"), backbone=backbone)
+    torch.testing.assert_close(inside.pool(x)[0, :, 0, 0], x[0, :, 0:2, 0:2].mean(dim=(1, 2)))  # the 4 inside
+    torch.testing.assert_close(inside.pool(x)[0, :, 2, 3], pooled[0, :, 2, 3])
+    assert torch.equal(PRN(get_config("edge", match_pooling=1), backbone=backbone).pool(x), x)  # 1: as they are
     with pytest.raises(PRNError, match="match_pooling"):
         get_config("edge", match_pooling=2)
+    with pytest.raises(PRNError, match="match_pooling_border"):
+        get_config("edge", match_pooling_border="reflect")
+
+
+def test_a_config_written_before_the_pooling_border_existed_keeps_the_inside_mean():
+    old = get_config("edge", match_pooling=3).to_dict()
+    del old["match_pooling_border"]
+    assert PRNConfig.from_dict(old).match_pooling_border == "inside"
+    assert PRNConfig.from_dict(get_config("edge").to_dict()) == get_config("edge")
+
+
+@pytest.mark.parametrize("scales", [(), (0,), (3, 2), (1, 1), (4,)])
+def test_prior_scales_must_be_distinct_scales_in_order(scales):
+    with pytest.raises(PRNError, match="prior_scales"):
+        get_config("edge", prior_scales=scales)
+
+
+def test_the_prior_averages_only_its_scales():
+    backbone = build_backbone("efficientnet_lite0", weights="none")
+    model = PRN(get_config("edge", residual_prior=True, prior_scales=(2, 3)), backbone=backbone)
+    residuals = [torch.rand(1, c, 256 // s, 256 // s) for c, s in zip((24, 40, 112), (4, 8, 16))]
+    changed = [residuals[0] * 100, residuals[1], residuals[2]]
+    assert torch.equal(model.prior.evidence(residuals), model.prior.evidence(changed))  # scale 1 not read
+    changed[2] = residuals[2] * 2
+    assert not torch.equal(model.prior.evidence(residuals), model.prior.evidence(changed))
 
 
 def test_untrained_prior_model_ranks_real_defects_above_normal(bottle_dir):

@@ -110,6 +110,9 @@ def test_preview_writes_a_grid(tiny_category, tmp_path):
     ({"--steps": "0"}, "argument --steps: expected a positive integer"),
     ({"--lr": "nan"}, "argument --lr: expected a learning rate > 0"),
     ({"--resume": None}, "nothing to resume"),
+    ({"--prior-scales": "2,4"}, "--prior-scales '2,4': give distinct scales of 1, 2, 3"),
+    ({"--prior-scales": "two"}, "--prior-scales 'two': give scales of 1, 2, 3 separated by commas"),
+    ({"--match-pooling-border": "reflect"}, "argument --match-pooling-border: invalid choice"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_category, tmp_path, capsys, change, message):
     options = dict(zip(FAST[:-1:2], FAST[1:-1:2]))  # FAST ends with the flag --quiet

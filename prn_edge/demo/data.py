@@ -34,6 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from prn_edge.data.synthesis.textures import (
+    BUILTIN_TEXTURE_SOURCES,
+    sample_photo,
+    texture_crop,
+)
 from prn_edge.errors import PRNError, require
 from prn_edge.io import write_json_atomic
 
@@ -46,10 +51,7 @@ SOURCES = {
     "grass": "CC0 (DeviantArt linolafett 'Grass-01', via scikit-image)",
 }
 #: Photos cut into heterologous-anomaly textures for training (never the category's own photo).
-TEXTURE_SOURCES = {
-    "gravel": "CC0", "grass": "CC0", "coffee": "CC0 (Rachel Michetti)", "chelsea": "CC0 (Stefan van der Walt)",
-    "camera": "CC0 (Lav Varshney)", "rocket": "public domain (SpaceX)",
-}
+TEXTURE_SOURCES = BUILTIN_TEXTURE_SOURCES
 DEFECT_TYPES = ("crack", "paint", "scratch", "stain")
 # Colour of the surface: the grey CC0 photo times this RGB gain (a brick red; 1.0 keeps the grey).
 _TINT = {"brick": (1.0, 0.72, 0.58), "gravel": (1.0, 0.97, 0.9), "grass": (0.62, 0.9, 0.5)}
@@ -101,18 +103,9 @@ def _cv2():
     return require("cv2", "the demo dataset")
 
 
-def _photo(name: str) -> np.ndarray:
-    """A scikit-image sample photo as uint8 RGB (bundled with the wheel: no network)."""
-    data = require("skimage.data", "the demo dataset (pip install scikit-image)")
-    image = np.asarray(getattr(data, name)())
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3].astype(np.uint8))
-
-
 def _surface(source: str) -> np.ndarray:
     """The tinted normal surface, float32 (H, W, 3) in [0, 255]."""
-    grey = _photo(source)[:, :, 0].astype(np.float32)
+    grey = sample_photo(source)[:, :, 0].astype(np.float32)
     return grey[:, :, None] * np.asarray(_TINT[source], np.float32)[None, None, :]
 
 
@@ -224,7 +217,6 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def _build(folder: Path, spec: DemoDataSpec, progress: Callable[[str], None]) -> None:
-    cv2 = _cv2()
     cat = folder / spec.category
     surface = _surface(spec.source)
     # Independent streams per split, so changing one count leaves the other splits' images alone.
@@ -249,14 +241,9 @@ def _build(folder: Path, spec: DemoDataSpec, progress: Callable[[str], None]) ->
     (folder / "textures").mkdir()
     rng = np.random.default_rng(streams[2])
     names = [n for n in TEXTURE_SOURCES if n != spec.source]
-    photos = {n: _photo(n) for n in names}
+    photos = {n: sample_photo(n) for n in names}
     for i in range(spec.num_textures):
-        photo = photos[names[i % len(names)]]
-        h, w = photo.shape[:2]
-        side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
-        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = cv2.resize(photo[top:top + side, left:left + side], (spec.size, spec.size), interpolation=cv2.INTER_AREA)
-        _write_png(folder / "textures" / f"{i:03d}.png", crop)
+        _write_png(folder / "textures" / f"{i:03d}.png", texture_crop(photos[names[i % len(names)]], spec.size, rng))
 
 
 def build_demo_dataset(root: str | Path, spec: DemoDataSpec | None = None, *,

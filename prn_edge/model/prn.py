@@ -38,23 +38,25 @@ class ResidualPrior(nn.Module):
 
     ``E`` is the per-position residual magnitude (mean over channels: |F - P| for ``abs``,
     (F - P)^2 for ``square``), each scale divided by its mean on the normal training images,
-    the three scales averaged at image size. :meth:`calibrate` sets the means, ``bias`` (the
+    the scales of ``scales`` (1-based, ``PRNConfig.prior_scales``) averaged at image size. :meth:`calibrate` sets the means, ``bias`` (the
     typical peak of ``E`` on a normal image) and ``gain`` (normal positions start near logit -4)
     from the training images; with the decoder's last convolution at zero, an untrained PRN
     then ranks positions by their distance to the prototypes, as a nearest-neighbour detector.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, scales: tuple[int, ...] = (1, 2, 3)) -> None:
         super().__init__()
         self.size = size
+        self.scales = tuple(scales)
         self.register_buffer("scale_means", torch.ones(NUM_SCALES))
         self.gain = nn.Parameter(torch.tensor(1.0))
         self.bias = nn.Parameter(torch.tensor(0.0))
 
     def evidence(self, residuals: list[Tensor]) -> Tensor:
         """(B, 1, S, S) evidence of the residuals (B, C_j, H_j, W_j) of the three scales."""
-        maps = [F.interpolate(r.mean(dim=1, keepdim=True) / self.scale_means[j], size=(self.size, self.size),
-                              mode="bilinear", align_corners=False) for j, r in enumerate(residuals)]
+        maps = [F.interpolate(residuals[s - 1].mean(dim=1, keepdim=True) / self.scale_means[s - 1],
+                              size=(self.size, self.size), mode="bilinear", align_corners=False)
+                for s in self.scales]
         return sum(maps) / len(maps)
 
     def forward(self, residuals: list[Tensor]) -> Tensor:
@@ -115,7 +117,7 @@ class PRN(nn.Module):
             stage_channels=config.decoder_channels or channels,
             head_channels=config.head_channels,
             full_resolution=config.decoder_resolution == config.image_size)
-        self.prior = ResidualPrior(config.image_size) if config.residual_prior else None
+        self.prior = ResidualPrior(config.image_size, config.prior_scales) if config.residual_prior else None
         if self.prior is not None:       # the untrained model is the prior alone (ControlNet-style zero conv)
             nn.init.zeros_(self.decoder.head[-1].weight)
             nn.init.zeros_(self.decoder.head[-1].bias)
@@ -216,12 +218,13 @@ class PRN(nn.Module):
         return PRNOutput(logits, anomaly_map, score)
 
     def pool(self, features: Tensor) -> Tensor:
-        """The features as matched: each averaged over its ``match_pooling`` neighbourhood (borders: the
-        neighbours inside the map), or as they are."""
+        """The features as matched: each averaged over its ``match_pooling`` neighbourhood (borders as
+        ``match_pooling_border`` says), or as they are."""
         side = self.config.match_pooling
         if side == 1:
             return features
-        return F.avg_pool2d(features, side, stride=1, padding=side // 2, count_include_pad=False)
+        return F.avg_pool2d(features, side, stride=1, padding=side // 2,
+                            count_include_pad=self.config.match_pooling_border == "zeros")
 
     def _check_input(self, images: Tensor) -> None:
         size = self.config.image_size

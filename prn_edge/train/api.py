@@ -92,6 +92,20 @@ def _snapshot_steps(value: str | Iterable[int] | None) -> tuple[int, ...]:
         raise PRNError(f"--snapshot-steps takes whole step numbers like 100,200, got {value!r}") from None
 
 
+def _prior_scales(value: str | Iterable[int] | None) -> tuple[int, ...] | None:
+    """``--prior-scales``: "2,3" or a sequence of ints, as a tuple (None: the preset's)."""
+    if value is None:
+        return None
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        scales = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise PRNError(f"--prior-scales {value!r}: give scales of 1, 2, 3 separated by commas, e.g. 2,3") from None
+    if not scales or any(s not in (1, 2, 3) for s in scales) or len(set(scales)) != len(scales):
+        raise PRNError(f"--prior-scales {value!r}: give distinct scales of 1, 2, 3, e.g. 2,3")
+    return tuple(sorted(scales))
+
+
 def _check_choice(flag: str, value, choices) -> None:
     if value is not None and value not in choices:
         raise PRNError(f"{flag} {value!r}: choose from {', '.join(map(str, choices))}")
@@ -100,7 +114,8 @@ def _check_choice(flag: str, value, choices) -> None:
 def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "paper", backbone: str | None = None,
           backbone_weights: str | os.PathLike | None = None, residual: str | None = None,
           msa_layers: int | None = None, match: str | None = None, match_pooling: int | None = None,
-          prior: bool | None = None,
+          match_pooling_border: str | None = None, prior: bool | None = None,
+          prior_scales: str | Iterable[int] | None = None,
           steps: int | None = None, minutes: float | None = None, batch_size: int | None = None,
           lr: float = 1e-4, weight_decay: float = 1e-2, lr_schedule: str = "constant", select_best: bool = False,
           seed: int = 0,
@@ -133,6 +148,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     """
     from prn_edge.config import (
         BACKBONE_NAMES,
+        POOLING_BORDERS,
         PRESETS,
         PROTOTYPE_MATCHES,
         RESIDUAL_MODES,
@@ -142,6 +158,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     _check_choice("--backbone", backbone, BACKBONE_NAMES)
     _check_choice("--residual", residual, RESIDUAL_MODES)
     _check_choice("--match", match, PROTOTYPE_MATCHES)
+    _check_choice("--match-pooling-border", match_pooling_border, POOLING_BORDERS)
+    prior_scales = _prior_scales(prior_scales)
     _check_choice("--lr-schedule", lr_schedule, LR_SCHEDULES)
     _check_choice("--foreground", foreground, FOREGROUNDS)
     if steps is not None and minutes is not None:
@@ -168,7 +186,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     data, out = Path(data), Path(out)
     cache = Path(cache)
     backbone_weights = None if backbone_weights is None else Path(backbone_weights)
-    textures = None if textures is None else Path(textures)
+    if textures is not None and str(textures) != "builtin":
+        textures = Path(textures)
 
     import torch
 
@@ -190,7 +209,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     if batch_size is None:
         batch_size = 64 if on_gpu else CPU_DEFAULT_BATCH
     model_config = get_config(config, backbone=backbone, residual=residual, msa_layers=msa_layers,
-                              prototype_match=match, match_pooling=match_pooling, residual_prior=prior)
+                              prototype_match=match, match_pooling=match_pooling,
+                              match_pooling_border=match_pooling_border, residual_prior=prior,
+                              prior_scales=prior_scales)
     synthesis = SynthesisConfig(use_ea=not no_ea, use_sa=not no_sa)
     progress = None if quiet or not dist_info.is_main else _tqdm_wrap
 

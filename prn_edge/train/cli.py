@@ -20,7 +20,13 @@ from prn_edge.cli import (
     seed_number,
     thread_count,
 )
-from prn_edge.config import BACKBONE_NAMES, PRESETS, PROTOTYPE_MATCHES, RESIDUAL_MODES
+from prn_edge.config import (
+    BACKBONE_NAMES,
+    POOLING_BORDERS,
+    PRESETS,
+    PROTOTYPE_MATCHES,
+    RESIDUAL_MODES,
+)
 from prn_edge.train.api import (
     CPU_DEFAULT_BATCH,
     CPU_DEFAULT_MINUTES,
@@ -62,9 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-pooling", type=positive_int, default=None, metavar="SIDE",
                    help="override the neighbourhood (odd side, 1 = none) each feature is averaged over before "
                         "it is matched; 3 = PatchCore's locally aware features")
+    p.add_argument("--match-pooling-border", choices=POOLING_BORDERS, default=None,
+                   help="override how --match-pooling averages border positions: zeros (pad with zeros, as "
+                        "PatchCore; damps the backbone's border artefacts) or inside (the neighbours inside the map)")
     p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
                    help="override the residual prior: the residuals' own evidence added to the logits, so "
                         "that the untrained model already scores like a nearest-prototype detector")
+    p.add_argument("--prior-scales", default=None, metavar="S1,S2",
+                   help="override the scales whose residuals form the prior (1 = stride 4, 2 = stride 8, "
+                        "3 = stride 16), e.g. 2,3")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None, help="train for N optimiser steps")
     budget.add_argument("--minutes", type=bounded_float("minutes", 0, low_open=True), default=None, help="train for M minutes of wall clock")
@@ -85,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of train/good held out to calibrate the threshold (default 0.1)")
     p.add_argument("--threshold-quantile", type=bounded_float("a quantile", 0, 1, low_open=True), default=1.0,
                    help="threshold = this quantile of the held-out normal scores (default 1.0: their maximum)")
-    p.add_argument("--textures", type=Path, default=None,
-                   help="DTD texture folder for heterologous anomalies (default: a 'dtd' folder near --data)")
+    p.add_argument("--textures", default=None, metavar="DIR|builtin",
+                   help="texture source for heterologous anomalies: a DTD folder, or 'builtin' (crops of the "
+                        "CC0 photos scikit-image ships; nothing to download); default: a 'dtd' folder near "
+                        "--data, else none (all simulated anomalies homologous)")
     p.add_argument("--foreground", choices=FOREGROUNDS, default="auto",
                    help="where simulated anomalies may go: object (the object found in each image), texture "
                         "(everywhere) or auto (texture for the MVTec textures and magnetic tile, else object)")
@@ -118,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
 
     result = train(args.data, args.out, config=args.config, backbone=args.backbone,
                    backbone_weights=args.backbone_weights, residual=args.residual, msa_layers=args.msa_layers,
-                   match=args.match, match_pooling=args.match_pooling, prior=args.prior, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                   match=args.match, match_pooling=args.match_pooling,
+                   match_pooling_border=args.match_pooling_border, prior=args.prior, prior_scales=args.prior_scales, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                    lr_schedule=args.lr_schedule, select_best=args.select_best, weight_decay=args.weight_decay, seed=args.seed, seen=args.seen,
                    calibration_fraction=args.calibration_fraction, threshold_quantile=args.threshold_quantile,
                    textures=args.textures, foreground=args.foreground, no_ea=args.no_ea, no_sa=args.no_sa,

@@ -17,6 +17,7 @@ import torch
 from prn_edge.data.foreground import KINDS, ForegroundCache, category_kind
 from prn_edge.data.mvtec import MVTecCategory, Sample, load_sample, scan_category, split_seen_anomalies
 from prn_edge.data.synthesis import load_textures
+from prn_edge.data.synthesis.textures import BUILTIN_TEXTURES, DEFAULT_BUILTIN_COUNT, builtin_textures
 from prn_edge.errors import DataError
 from prn_edge.model.deployable import to_unit_float
 
@@ -38,8 +39,8 @@ class TrainingData:
     calibration_foreground: torch.Tensor  # (M, 1, S, S) bool: where validation anomalies may go
     seen_images: torch.Tensor      # (A, 3, S, S) float [0, 1]
     seen_masks: torch.Tensor       # (A, 1, S, S) float {0, 1}
-    textures: torch.Tensor | None  # (T, 3, S, S) uint8, DTD
-    texture_dir: Path | None
+    textures: torch.Tensor | None  # (T, 3, S, S) uint8: DTD or the built-in photos
+    texture_dir: Path | str | None  # the DTD folder, or BUILTIN_TEXTURES
 
     def record(self) -> dict:
         """Plain-data provenance for the checkpoint."""
@@ -82,7 +83,9 @@ def load_training_data(data_dir: str | Path, *, image_size: int = 256, num_seen:
         num_seen: seen anomalies drawn (seeded) from the test split; 0 disables EA.
         seed: seed of the seen split and the calibration split.
         calibration_fraction: share of train/good held out for the threshold (at least 1 image).
-        textures: DTD folder (None: look beside the data; not found: no heterologous SA).
+        textures: DTD folder, or ``"builtin"`` (crops of scikit-image's CC0 photos,
+            :func:`~prn_edge.data.synthesis.textures.builtin_textures`); None: a ``dtd`` folder
+            beside the data, and if there is none no heterologous SA.
         texture_limit: keep at most this many textures.
         cache_dir: foreground mask cache folder (None: compute every time, write nothing).
         progress: optional callable wrapping an iterable (a progress bar).
@@ -122,13 +125,17 @@ def load_training_data(data_dir: str | Path, *, image_size: int = 256, num_seen:
     cal_masks = [cache.get(s.path, image, kind) for s, image in zip(cal_samples, cal_images)]
     seen_pairs = [load_sample(s, image_size) for s in seen]
 
-    texture_dir = Path(textures) if textures is not None else find_textures(root)
     texture_tensor = None
-    if texture_dir is not None:
-        texture_tensor = load_textures(texture_dir, size=image_size, limit=texture_limit)
+    if textures == BUILTIN_TEXTURES:
+        texture_dir = BUILTIN_TEXTURES
+        texture_tensor = builtin_textures(size=image_size, count=texture_limit or DEFAULT_BUILTIN_COUNT, seed=seed)
     else:
+        texture_dir = Path(textures) if textures is not None else find_textures(root)
+    if isinstance(texture_dir, Path):
+        texture_tensor = load_textures(texture_dir, size=image_size, limit=texture_limit)
+    elif texture_dir is None:
         log.warning("no DTD texture folder found beside %s: simulated anomalies will all be homologous "
-                    "(pass --textures DIR)", root)
+                    "(pass --textures DIR, or --textures builtin for crops of scikit-image's photos)", root)
 
     return TrainingData(
         category=category, kind=kind,

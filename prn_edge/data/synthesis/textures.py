@@ -1,4 +1,9 @@
-"""DTD textures for heterologous simulated anomalies (HEA), loaded once at the training size."""
+"""Textures for heterologous simulated anomalies (HEA), loaded once at the training size.
+
+Two sources: a DTD folder (:func:`load_textures`), or, for a user who has none, crops of the
+CC0 / public-domain photos that scikit-image ships in its wheel (:func:`builtin_textures`:
+gravel, grass, coffee beans, a cat, a camera man, a rocket; no download).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prn_edge.errors import DataError
+from prn_edge.errors import DataError, require
 from prn_edge.imaging.preprocess import resize_image
 from prn_edge.imaging.read import IMAGE_EXTENSIONS, list_images, read_image
 from prn_edge.model.deployable import to_unit_float
@@ -56,3 +61,47 @@ def load_textures(folder: str | Path, size: int = 256, limit: int | None = None,
     if dtype == torch.uint8:
         return textures
     return to_unit_float(textures).to(dtype)
+
+
+#: The photos of scikit-image cut into built-in textures, with their licence (docstrings of skimage.data).
+BUILTIN_TEXTURE_SOURCES = {
+    "gravel": "CC0", "grass": "CC0", "coffee": "CC0 (Rachel Michetti)", "chelsea": "CC0 (Stefan van der Walt)",
+    "camera": "CC0 (Lav Varshney)", "rocket": "public domain (SpaceX)",
+}
+BUILTIN_TEXTURES = "builtin"        # what --textures takes for them
+DEFAULT_BUILTIN_COUNT = 48
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as uint8 RGB (bundled with its wheel: no network)."""
+    data = require("skimage.data", "the built-in photos (pip install scikit-image)")
+    image = np.asarray(getattr(data, name)())
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3].astype(np.uint8))
+
+
+def texture_crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random square crop of ``photo`` (a third of its shorter side or more), resized to ``size``."""
+    h, w = photo.shape[:2]
+    side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
+    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    return resize_image(np.ascontiguousarray(photo[top:top + side, left:left + side]), size, "stretch",
+                        interpolation="area")
+
+
+def builtin_textures(size: int = 256, count: int = DEFAULT_BUILTIN_COUNT, seed: int = 0,
+                     exclude: tuple[str, ...] = ()) -> torch.Tensor:
+    """``count`` seeded crops of :data:`BUILTIN_TEXTURE_SOURCES` (in turn), ``(T, 3, size, size)`` uint8.
+
+    Raises:
+        DataError: ``count`` below 1 or every source excluded.
+        PRNError: scikit-image missing (one line naming the package).
+    """
+    names = [n for n in BUILTIN_TEXTURE_SOURCES if n not in exclude]
+    if count < 1 or not names:
+        raise DataError(f"builtin_textures needs count >= 1 and a source left, got count={count}, exclude={exclude}")
+    photos = {n: sample_photo(n) for n in names}
+    rng = np.random.default_rng(seed)
+    crops = np.stack([texture_crop(photos[names[i % len(names)]], size, rng) for i in range(count)])
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
