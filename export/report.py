@@ -31,8 +31,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     int8 = report.get("int8")
     if int8:
         lines += ["", "## INT8", "",
-                  f"Static Q/DQ (ONNX Runtime quantizer): Conv weights per output channel and activations per "
-                  f"tensor, symmetric INT8; {describe_calibration(int8['calibration'])} from "
+                  f"Static Q/DQ (ONNX Runtime quantizer): Conv weights per output channel (7 bits: no 16-bit "
+                  f"saturation on CPUs without VNNI) and activations per tensor, symmetric INT8; "
+                  f"{describe_calibration(int8['calibration'])} from "
                   f"{int8['calibration']['images']} normal images "
                   f"({int8['calibration']['source']}, seed {int8['calibration']['seed']}). Gate: "
                   f"{', '.join(LABELS[k] for k in int8['gated'])} each within {int8['tolerance_points']} points "
