@@ -138,7 +138,8 @@ results-match-ablation: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install     
 # The issue's budget: 20 minutes per run on 2 cores, two seeds; ~25 min per run with its evaluation.
 results-match-ablation-20min: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install
 	$(PY) benchmarks/match_ablation.py --minutes 20 --seed 0,1 --threads $(THREADS) --name match_ablation_20min \
-		--variants patch+prior+pool3+s23 --data $(ISSUE13_SETS) --runs $(RUNS)/match_ablation --results $(RESULTS)
+		--variants patch+prior+pool3+s23,patch+prior+pool3+s23+cosine+select,patch+prior+pool3+s23+cosine+select+builtin \
+		--data $(ISSUE13_SETS) --runs $(RUNS)/match_ablation --results $(RESULTS) --reuse
 
 # Issue 15: many cameras, one Triton server. The demo's model (~3 min to train), exported in FP32 (~1 min),
 # served by prn-serve from the serving environment; then ~8 min of interleaved runs.

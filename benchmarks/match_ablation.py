@@ -22,6 +22,8 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -43,6 +45,11 @@ VARIANTS = {
     "patch+prior+pool3+s23+cosine+select": {"match": "patch", "prior": True, "match_pooling": 3,
                                             "match_pooling_border": "zeros", "prior_scales": "2,3",
                                             "lr_schedule": "cosine", "select_best": True},
+    # the simulated anomalies' texture source every user has (no DTD folder): crops of the bundled photos
+    "patch+prior+pool3+s23+cosine+select+builtin": {"match": "patch", "prior": True, "match_pooling": 3,
+                                                    "match_pooling_border": "zeros", "prior_scales": "2,3",
+                                                    "lr_schedule": "cosine", "select_best": True,
+                                                    "textures": "builtin"},
 }
 METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
 
@@ -61,7 +68,12 @@ def run(data: Path, variant: str, steps: int, runs: Path, seed: int, threads: in
                   resume=(out / "train_state.pt").exists(), **budget, **VARIANTS[variant])
         evaluate(data=data, out=out / "eval", checkpoint=out / "checkpoint.pt", no_progress=True)
     metrics = json.loads(metrics_path.read_text())
-    return {m: 100 * metrics[m] for m in METRICS}
+    cell = {m: 100 * metrics[m] for m in METRICS}
+    # A budget in minutes reaches a machine-dependent number of steps: the table says how many.
+    training = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["metadata"]["training"]
+    cell["steps"] = training["steps"]
+    cell["selected_step"] = training.get("selection", {}).get("selected_step")
+    return cell
 
 
 def baseline(data: Path, seen_from: Path, runs: Path, seed: int = 0) -> dict:
@@ -72,9 +84,10 @@ def baseline(data: Path, seen_from: Path, runs: Path, seed: int = 0) -> dict:
     return {m: 100 * metrics[m] for m in METRICS}
 
 
-def render(rows: list[dict], steps: int, origin: dict, minutes: float | None = None, seed: str = "0") -> str:
-    def cell(m: dict | None) -> str:
-        return " / ".join(f"{m[k]:.1f}" for k in METRICS) if m else "-"
+def render(rows: list[dict], steps: int, origin: dict, minutes: float | None = None, seed: str = "0",
+           reused_from: str | None = None) -> str:
+    def cell(m: dict | None, kept: bool = False) -> str:
+        return " / ".join(f"{m[k]:.1f}" for k in METRICS) + (" *" if kept else "") if m else "-"
 
     variants = [v for v in VARIANTS if any(v in r["runs"] for r in rows)]
     budget = f"--minutes {minutes:g}" if minutes else f"--steps {steps}"
@@ -82,15 +95,37 @@ def render(rows: list[dict], steps: int, origin: dict, minutes: float | None = N
     lines = ["# Prototype match and residual prior, trained (issue 13)", "",
              f"Produced by `python benchmarks/match_ablation.py {budget} --seed {seed}`. Edge preset "
              f"(EfficientNet-Lite0), {trained} at batch 8, seed {seed} (per row), every other option at prn-train's default (no DTD folder beside "
-             "the variation sets). Final checkpoints; each run's 10 seen anomalies left out, PatchCore scored on "
+             "the variation sets). Final checkpoints (`select`: the step that scored best on the held-out normal images and "
+             "their synthesized anomalies; `builtin`: `--textures builtin`, crops of the bundled photos as the simulated "
+             "anomalies' textures); each run's 10 seen anomalies left out, PatchCore scored on "
              "the same images. Metrics in percent: image AUROC / pixel AUROC / PRO@0.3 / AP. A run found on disk "
-             "(its metrics.json) is reused, so rows may come from earlier commits of the same code path.", "",
+             "(its metrics.json) is reused, so rows may come from earlier commits of the same code path."
+             + (f" `*`: a cell kept from the results file written at commit `{reused_from}` (`--reuse`; same "
+                "budget, same code path), as is PatchCore on its row." if reused_from else ""), "",
              "| set | seed | " + " | ".join(variants) + " | PatchCore |", "|---|---|" + "---|" * (len(variants) + 1)]
     for r in rows:
-        lines.append(f"| {r['data']} | {r.get('seed', 0)} | " + " | ".join(cell(r["runs"].get(v)) for v in variants)
+        kept = set(r.get("reused", []))
+        lines.append(f"| {r['data']} | {r.get('seed', 0)} | "
+                     + " | ".join(cell(r["runs"].get(v), v in kept) for v in variants)
                      + f" | {cell(r['patchcore'])} |")
+    steps = [f"{r['data']} seed {r.get('seed', 0)} {v}: {m['steps']}"
+             + (f" (kept step {m['selected_step']})" if m.get("selected_step") is not None else "")
+             for r in rows for v, m in r["runs"].items() if m.get("steps") is not None]
+    if steps:
+        lines += ["", "Steps trained (not recorded for cells from before this was): " + "; ".join(steps) + "."]
     lines += ["", provenance_line(origin), ""]
     return "\n".join(lines)
+
+
+def _earlier(path: Path, steps: int, minutes: float | None) -> tuple[dict, str | None]:
+    """``{(set, seed): row}`` of an earlier results file with the same budget, and the commit it was written at."""
+    if not path.exists():
+        return {}, None
+    old = json.loads(path.read_text())
+    if (old.get("minutes"), old.get("steps") if not minutes else None) != (minutes, None if minutes else steps):
+        return {}, None
+    commit = old.get("reused_from") or old["provenance"]["git"]["commit"][:12]
+    return {(r["data"], r.get("seed", 0)): r for r in old["rows"]}, commit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "match_ablation")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep every cell (and PatchCore) already in the results' JSON when its budget is the "
+                             "same, other sets and variants included; only the missing ones are run (the runs "
+                             "folder may be gone)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     variants = args.variants.split(",")
@@ -114,22 +153,39 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(x) for x in args.seed.split(",")]
     except ValueError:
         parser.error(f"--seed {args.seed!r}: give integers separated by commas")
+    earlier, reused_from = _earlier(args.results / f"{args.name}.json", args.steps, args.minutes) if args.reuse else ({}, None)
     rows = []
     for data in args.data:
         for seed in seeds:
+            known = earlier.pop((data.name, seed), {"runs": {}})
             row = {"data": data.name, "seed": seed, "runs": {}}
-            for variant in variants:
-                row["runs"][variant] = run(data, variant, args.steps, args.runs, seed, args.threads, args.minutes)
+            for variant in [v for v in VARIANTS if v in known["runs"] and v not in variants] + variants:
+                on_disk = (run_folder(args.runs, data, variant, seed, args.minutes) / "eval" / "metrics.json").exists()
+                if variant in known["runs"] and not on_disk:      # a run still on disk is read from there
+                    row["runs"][variant] = known["runs"][variant]
+                    row.setdefault("reused", []).append(variant)
+                else:
+                    row["runs"][variant] = run(data, variant, args.steps, args.runs, seed, args.threads, args.minutes)
                 print(f"{data.name} seed {seed} {variant}: {row['runs'][variant]}", flush=True)
-            first = run_folder(args.runs, data, variants[0], seed, args.minutes) / "checkpoint.pt"
-            row["patchcore"] = baseline(data, first, args.runs, seed)
+            if "patchcore" in known:      # the same seed draws the same seen anomalies: the same images
+                row["patchcore"] = known["patchcore"]
+            else:
+                trained = [run_folder(args.runs, data, v, seed, args.minutes) / "checkpoint.pt" for v in variants]
+                row["patchcore"] = baseline(data, next((c for c in trained if c.exists()), trained[0]), args.runs, seed)
             print(f"{data.name} seed {seed} patchcore: {row['patchcore']}", flush=True)
             rows.append(row)
+    rows += earlier.values()     # --reuse: the sets and seeds not asked for this time stay as they were
+    for row in rows:
+        row["runs"] = {v: row["runs"][v] for v in VARIANTS if v in row["runs"]}
     origin = provenance()
     args.results.mkdir(parents=True, exist_ok=True)
+    if not any(r.get("reused") for r in rows):
+        reused_from = None
     write_json_atomic(args.results / f"{args.name}.json", {"steps": args.steps, "minutes": args.minutes,
-                                                            "seed": args.seed, "rows": rows, "provenance": origin})
-    write_text_atomic(args.results / f"{args.name}.md", render(rows, args.steps, origin, args.minutes, args.seed))
+                                                            "seed": args.seed, "rows": rows, "reused_from": reused_from,
+                                                            "provenance": origin})
+    write_text_atomic(args.results / f"{args.name}.md",
+                      render(rows, args.steps, origin, args.minutes, args.seed, reused_from))
     print(f"wrote {args.results / (args.name + '.md')}")
     return 0
 

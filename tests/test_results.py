@@ -24,3 +24,43 @@ def test_every_result_has_a_make_target():
     for stem in sorted(stems):
         target = "results-" + {"bench_bottle": "bench"}.get(stem, stem).replace("_", "-")
         assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"{stem}: no `make {target}`"
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_match_ablation_reuse_keeps_every_earlier_cell_and_runs_only_the_missing(tmp_path, monkeypatch):
+    """``--reuse`` (the runs folder may be gone): cells of the same budget are kept and marked, other sets
+    and variants included; only what is missing trains; another budget reuses nothing."""
+    ablation = _benchmark("match_ablation")
+    cell = {"image_auroc": 90.0, "pixel_auroc": 80.0, "pro": 70.0, "ap": 30.0}
+    earlier = {"steps": 120, "minutes": 20.0, "seed": "0", "provenance": {"git": {"commit": "a" * 40}},
+               "rows": [{"data": "tile", "seed": 0, "runs": {"patch+prior+pool3+s23": cell}, "patchcore": cell},
+                        {"data": "bottle", "seed": 0, "runs": {"image": cell}, "patchcore": cell}]}
+    (tmp_path / "ab.json").write_text(json.dumps(earlier))
+    trained = []
+    monkeypatch.setattr(ablation, "run", lambda data, variant, *a: trained.append((data.name, variant)) or cell)
+    monkeypatch.setattr(ablation, "baseline", lambda *a: (_ for _ in ()).throw(AssertionError("PatchCore rerun")))
+    monkeypatch.setattr(ablation, "provenance", lambda: earlier["provenance"])
+    monkeypatch.setattr(ablation, "provenance_line", lambda origin: "Provenance: commit `aaaaaaaaaaaa`")
+    argv = ["--data", str(tmp_path / "tile"), "--variants", "patch+prior+pool3+s23,patch+prior+pool3+s23+cosine+select",
+            "--minutes", "20", "--reuse", "--name", "ab", "--results", str(tmp_path)]
+    assert ablation.main(argv) == 0
+    assert trained == [("tile", "patch+prior+pool3+s23+cosine+select")]
+    out = json.loads((tmp_path / "ab.json").read_text())
+    rows = {r["data"]: r for r in out["rows"]}
+    assert set(rows) == {"tile", "bottle"} and out["reused_from"] == "a" * 12
+    assert list(rows["tile"]["runs"]) == ["patch+prior+pool3+s23", "patch+prior+pool3+s23+cosine+select"]
+    assert rows["tile"]["reused"] == ["patch+prior+pool3+s23"] and rows["bottle"]["runs"] == {"image": cell}
+    table = (tmp_path / "ab.md").read_text()
+    assert "| tile | 0 | - | 90.0 / 80.0 / 70.0 / 30.0 * | 90.0 / 80.0 / 70.0 / 30.0 |" in table
+    trained.clear()
+    monkeypatch.setattr(ablation, "baseline", lambda *a: cell)
+    assert ablation.main([*argv[:-4], "--minutes", "10", "--reuse", "--name", "ab", "--results", str(tmp_path)]) == 0
+    assert len(trained) == 2        # a 10-minute budget keeps none of the 20-minute cells
