@@ -34,11 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prn_edge.data.synthesis.textures import (
-    BUILTIN_TEXTURE_SOURCES,
-    sample_photo,
-    texture_crop,
-)
+from prn_edge.data.synthesis.textures import BUILTIN_TEXTURE_SOURCES, builtin_textures, sample_photo
 from prn_edge.errors import PRNError, require
 from prn_edge.io import write_json_atomic
 
@@ -239,11 +235,9 @@ def _build(folder: Path, spec: DemoDataSpec, progress: Callable[[str], None]) ->
             _write_png(cat / "ground_truth" / kind / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
     progress(f"{spec.num_textures} texture crops -> textures/")
     (folder / "textures").mkdir()
-    rng = np.random.default_rng(streams[2])
-    names = [n for n in TEXTURE_SOURCES if n != spec.source]
-    photos = {n: sample_photo(n) for n in names}
-    for i in range(spec.num_textures):
-        _write_png(folder / "textures" / f"{i:03d}.png", texture_crop(photos[names[i % len(names)]], spec.size, rng))
+    crops = builtin_textures(spec.size, spec.num_textures, streams[2], exclude=(spec.source,))
+    for i, crop in enumerate(crops.permute(0, 2, 3, 1).numpy()):
+        _write_png(folder / "textures" / f"{i:03d}.png", crop)
 
 
 def build_demo_dataset(root: str | Path, spec: DemoDataSpec | None = None, *,

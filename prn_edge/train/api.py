@@ -186,7 +186,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     data, out = Path(data), Path(out)
     cache = Path(cache)
     backbone_weights = None if backbone_weights is None else Path(backbone_weights)
-    if textures is not None and str(textures) != "builtin":
+    from prn_edge.data.synthesis.textures import BUILTIN_TEXTURES
+
+    if textures is not None and str(textures) != BUILTIN_TEXTURES:
         textures = Path(textures)
 
     import torch

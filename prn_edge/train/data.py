@@ -131,11 +131,11 @@ def load_training_data(data_dir: str | Path, *, image_size: int = 256, num_seen:
         texture_tensor = builtin_textures(size=image_size, count=texture_limit or DEFAULT_BUILTIN_COUNT, seed=seed)
     else:
         texture_dir = Path(textures) if textures is not None else find_textures(root)
-    if isinstance(texture_dir, Path):
-        texture_tensor = load_textures(texture_dir, size=image_size, limit=texture_limit)
-    elif texture_dir is None:
-        log.warning("no DTD texture folder found beside %s: simulated anomalies will all be homologous "
-                    "(pass --textures DIR, or --textures builtin for crops of scikit-image's photos)", root)
+        if texture_dir is not None:
+            texture_tensor = load_textures(texture_dir, size=image_size, limit=texture_limit)
+        else:
+            log.warning("no DTD texture folder found beside %s: simulated anomalies will all be homologous "
+                        "(pass --textures DIR, or --textures builtin for crops of scikit-image's photos)", root)
 
     return TrainingData(
         category=category, kind=kind,

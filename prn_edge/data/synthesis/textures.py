@@ -90,7 +90,7 @@ def texture_crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.n
                         interpolation="area")
 
 
-def builtin_textures(size: int = 256, count: int = DEFAULT_BUILTIN_COUNT, seed: int = 0,
+def builtin_textures(size: int = 256, count: int = DEFAULT_BUILTIN_COUNT, seed: int | np.random.SeedSequence = 0,
                      exclude: tuple[str, ...] = ()) -> torch.Tensor:
     """``count`` seeded crops of :data:`BUILTIN_TEXTURE_SOURCES` (in turn), ``(T, 3, size, size)`` uint8.
 
