@@ -64,7 +64,8 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
 	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration \
-	results-prototype-diagnosis results-match-ablation results-match-ablation-20min results-serving
+	results-prototype-diagnosis results-match-ablation results-match-ablation-20min results-serving \
+	results-cpu-profile
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -138,8 +139,14 @@ results-match-ablation: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install     
 # The issue's budget: 20 minutes per run on 2 cores, two seeds; ~25 min per run with its evaluation.
 results-match-ablation-20min: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install
 	$(PY) benchmarks/match_ablation.py --minutes 20 --seed 0,1 --threads $(THREADS) --name match_ablation_20min \
-		--variants patch+prior+pool3+s23,patch+prior+pool3+s23+cosine+select,patch+prior+pool3+s23+cosine+select+builtin \
+		--variants patch+prior+pool3+s23,patch+prior+pool3+s23+cosine+select,patch+prior+pool3+s23+cosine+select+builtin,patch+prior+pool3+s23+cosine+select+builtin+lr2e-5 \
 		--data $(ISSUE13_SETS) --runs $(RUNS)/match_ablation --results $(RESULTS) --reuse
+
+# Issue 16: CPU time per part of the network and the INT8 forms, on the 20-minute bottle model of
+# results-match-ablation-20min (its candidate defaults); ~8 min.
+CPU_PROFILE_CKPT := $(RUNS)/match_ablation/bottle-patch+prior+pool3+s23+cosine+select+builtin-s0-m20/checkpoint.pt
+results-cpu-profile: install
+	$(PY) benchmarks/cpu_profile.py --checkpoint "$(CPU_PROFILE_CKPT)" --threads $(THREADS) --results $(RESULTS)
 
 # Issue 15: many cameras, one Triton server. The demo's model (~3 min to train), exported in FP32 (~1 min),
 # served by prn-serve from the serving environment; then ~8 min of interleaved runs.
