@@ -32,7 +32,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from prn_edge.export.int8 import _block_index, _group_name, calibrate, quantize_int8  # noqa: E402
+from prn_edge.export.int8 import (  # noqa: E402
+    _block_index,
+    _group_name,
+    calibrate,
+    matched_feature_convs,
+    quantize_int8,
+)
 from prn_edge.export.pipeline import ExportOptions, Int8Study  # noqa: E402
 from prn_edge.io import write_json_atomic, write_text_atomic  # noqa: E402
 from prn_edge.provenance import provenance, provenance_line  # noqa: E402
@@ -56,19 +62,6 @@ def part_of_output(model) -> dict[str, str]:
         if n.op_type in ("Relu", "Clip") and n.input[0] in parts:
             parts[n.output[0]] = parts[n.input[0]]
     return parts
-
-
-def matched_feature_convs(model) -> set[str]:
-    """Conv node names upstream of the ``prn.ProtoResidual`` calls' features (what is matched)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    seen, stack = set(), [c.input[0] for c in model.graph.node if c.op_type == "ProtoResidual"]
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        stack.extend(node.input)
-    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.name in seen}
 
 
 def profile(path: Path, image: np.ndarray, threads: int, runs: int, parts: dict[str, str] | None) -> dict:

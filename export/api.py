@@ -78,7 +78,8 @@ def _positive_int(flag: str, value) -> int:
 
 
 def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = None, fp16: bool = False,
-           int8: bool = False, engine: bool = False, calib: str | os.PathLike | None = None, calib_count: int = 32,
+           int8: bool = False, cpu_int8: bool = False, engine: bool = False,
+           calib: str | os.PathLike | None = None, calib_count: int = 32,
            calib_method: str = DEFAULT_CALIBRATION_METHOD, calib_percentile: float | None = None,
            data: str | os.PathLike | None = None, tolerance: float = 0.5, int8_budget: float | None = None,
            seed: int = 0, threads: int = 2,
@@ -89,14 +90,17 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
 
     Always writes ``OUT/model.onnx`` (FP32), its TensorRT variant and ``export_report.json/.md``;
     ``fp16`` / ``int8`` add those precisions (INT8 only if it keeps image AUROC, pixel AUROC and
-    PRO within ``tolerance`` points of FP32), ``engine`` a TensorRT engine per precision. The
+    PRO within ``tolerance`` points of FP32), ``cpu_int8`` the CPU flavour ``model.int8.cpu.onnx``
+    (U8 activations; same gate, kept only if measured at least
+    :data:`~prn_edge.export.pipeline.CPU_INT8_MIN_SPEEDUP` x faster than FP32), ``engine`` a
+    TensorRT engine per precision. The
     arguments are ``prn-export``'s flags, same defaults (``out`` defaults to ``export`` beside
     the checkpoint; ``calib_method`` is minmax, percentile or entropy, ``calib_percentile`` the percentile
     method's); ``say`` receives progress lines (default: stderr, ``prn-export: ...``),
     ``command`` is what the report records as the command (default: this call).
 
     Returns:
-        An :class:`ExportResult`; ``status`` 1 when the INT8 gate failed (everything else written).
+        An :class:`ExportResult`; ``status`` 1 when an INT8 gate failed (everything else written).
 
     Raises:
         PRNError: bad input (nothing written), or a failing step (the output folder as before).
@@ -120,7 +124,7 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
         command = f"prn_edge.api.export({str(checkpoint)!r}, out={str(out)!r}, fp16={fp16}, int8={int8}, " \
                   f"engine={engine})"
     options = ExportOptions(
-        checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, engine=engine,
+        checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, cpu_int8=cpu_int8, engine=engine,
         calib=None if calib is None else Path(calib), calib_count=calib_count, calib_method=calib_method,
         calib_percentile=None if calib_percentile is None else float(calib_percentile),
         data=None if data is None else Path(data), tolerance=float(tolerance),

@@ -85,6 +85,33 @@ def conv_groups(model) -> list[ConvGroup]:
     return [ConvGroup(name, tuple(n), tuple(m)) for name, (n, m) in groups.items()]
 
 
+def matched_feature_convs(model) -> set[str]:
+    """Names of the ``Conv`` nodes upstream of the ``prn.ProtoResidual`` calls' features.
+
+    These compute what is matched against the FP32 prototypes: INT8 noise there reads as
+    distance to every prototype, which a residual prior turns straight into anomaly score
+    (benchmarks/results/cpu_profile.md: on the patch-matched bottle model, every convolution in
+    INT8 took image AUROC from 100 to 27-66; the same with these in float lost 0.35 points).
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    seen: set[str] = set()
+    stack = [n.input[0] for n in model.graph.node if n.op_type == "ProtoResidual"]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        stack.extend(node.input)
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.name in seen}
+
+
+def input_side_limit(groups: list[ConvGroup], matched: set[str], minimum: int = 2) -> int:
+    """How many leading groups :func:`search_keep_float` keeps in float before it ranks: every
+    group up to the last one holding a matched-feature convolution, at least ``minimum``."""
+    holding = [i for i, g in enumerate(groups) if matched.intersection(g.nodes)]
+    return max(minimum, holding[-1] + 1 if holding else 0)
+
+
 def _block_index(weight: str) -> int | None:
     match = re.search(r"encoder\._blocks\.(\d+)\.", weight)
     return int(match.group(1)) if match else None
@@ -394,7 +421,8 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
     2. The input side first: keep the first 1 .. ``prefix_limit`` groups (graph order) in
        float. Quantization error made early passes through everything after it, and on the
        models measured here (bottle, the demo) the stem and the early encoder blocks were the
-       whole cost; this costs ``prefix_limit`` trials instead of one per group.
+       whole cost; this costs ``prefix_limit`` trials instead of one per group. The export sets
+       it with :func:`input_side_limit`: through the groups that compute the matched features.
     3. Otherwise rank every group by what keeping it alone in float recovers (one trial
        each) and keep the worst ones in float, one more at a time.
 

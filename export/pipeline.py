@@ -36,6 +36,9 @@ from prn_edge.export.int8 import DEFAULT_CALIBRATION_METHOD, check_calibration_m
 GATED = ("image_auroc", "pixel_auroc", "pro")
 METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
 DEFAULT_TOLERANCE = 0.5          # points: the issue's INT8 accuracy gate
+# The CPU flavour (U8 activations) is kept only when it is at least this much faster than the FP32 ONNX in the
+# export's own interleaved timing: below that, run-to-run noise on a loaded 2-core machine could make the choice.
+CPU_INT8_MIN_SPEEDUP = 1.15
 # FP32 ONNX vs PyTorch (fp32_parity): |map difference| <= PARITY_MAP_TOL on all but PARITY_PIXEL_FRACTION of
 # the pixels, and nowhere above PARITY_MAP_MAX. Where two prototypes lie equally near a feature to within FP32
 # rounding, ONNX Runtime's GEMM and PyTorch's (different summation orders) may pick different ones; both are
@@ -64,6 +67,7 @@ class ExportOptions:
     data: Path | None = None           # evaluation category; default: the checkpoint's
     tolerance: float = DEFAULT_TOLERANCE
     int8_budget: float | None = None   # minutes the INT8 gate search may take (None: as long as it needs)
+    cpu_int8: bool = False             # also the CPU flavour model.int8.cpu.onnx, kept if gated and faster
     seed: int = 0
     threads: int = 2
     latency_rounds: int = 15
@@ -94,7 +98,8 @@ def run_export(options: ExportOptions, say: Callable[[str], None] | None = None)
         say: progress lines (default: print to stderr).
 
     Returns:
-        ``(report, exit_status)``: 0 on success, 1 when the INT8 gate failed (the rest was written).
+        ``(report, exit_status)``: 0 on success, 1 when an INT8 gate (``--int8``, ``--cpu-int8``) failed (the
+        rest was written).
 
     Raises:
         PRNError: bad input (nothing written), or a failing step (staging removed).
@@ -145,10 +150,10 @@ def _prepare(options: ExportOptions, say) -> _Prepared:
     notes: list[str] = []
 
     calibration, calibration_files, source = None, [], None
-    if options.int8:
+    if options.int8 or options.cpu_int8:
         source = options.calib or (recorded_root / "train" / "good" if recorded_root else None)
         if source is None:
-            raise PRNError("--int8 needs calibration images: pass --calib DIR (normal images); "
+            raise PRNError(f"{_int8_flags(options)} needs calibration images: pass --calib DIR (normal images); "
                            "the checkpoint records no training data")
         calibration, calibration_files = load_calibration(source, options.calib_count, options.seed,
                                                           predictor.image_size)
@@ -165,13 +170,17 @@ def _prepare(options: ExportOptions, say) -> _Prepared:
             exclude = seen_anomalies_from(checkpoint, category)
     elif options.data is not None:
         raise PRNError(f"{options.data}: evaluation data folder does not exist (--data)")
-    elif options.int8:
-        raise PRNError("--int8 needs an evaluation set for its accuracy gate: the checkpoint's data "
+    elif options.int8 or options.cpu_int8:
+        raise PRNError(f"{_int8_flags(options)} needs an evaluation set for its accuracy gate: the checkpoint's data "
                        f"({recorded_root}) is not here; pass --data DIR (an MVTec-layout category)")
     else:
         notes.append(f"no evaluation set (the checkpoint's data {recorded_root} is not here and no --data): "
                      "accuracy was not measured")
     return _Prepared(predictor, category, exclude, calibration, calibration_files, notes, source)
+
+
+def _int8_flags(options: ExportOptions) -> str:
+    return " and ".join(f for f, on in (("--int8", options.int8), ("--cpu-int8", options.cpu_int8)) if on)
 
 
 def load_calibration(source: Path, count: int, seed: int, size: int) -> tuple[np.ndarray, list[str]]:
@@ -261,6 +270,20 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
             report["status"] = "int8 gate failed"
             status = 1
 
+    cpu_int8 = None
+    if options.cpu_int8:
+        say("the CPU flavour: INT8 with U8 activations (ONNX Runtime's fast x86 form)")
+        cpu_report, ok = _int8(options, prep, paths["fp32"], layout.cpu_int8, evaluation,
+                               report["precisions"]["fp32"], say, activations="u8")
+        report["cpu_int8"] = cpu_report
+        if ok:
+            cpu_int8 = layout.cpu_int8
+            report["cpu_int8"]["metrics"] = cpu_report.pop("result")
+        else:
+            report["cpu_int8"]["written"] = False
+            report["status"] = "cpu int8 gate failed" if status == 0 else report["status"] + ", cpu int8 gate failed"
+            status = 1
+
     for precision, path in paths.items():
         say(f"TensorRT variant of {path.name}")
         make_tensorrt_variant(path, layout.trt_onnx(precision))
@@ -271,11 +294,37 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
         report["engines"] = _engines(options, paths, parse_metadata(info.metadata), layout, say, report["notes"])
 
     say("latency: ONNX Runtime vs PyTorch eager, interleaved")
-    report["latency"] = measure_latency(prep.predictor, paths, options.threads, options.latency_rounds)
+    timed = {**paths, **({CPU_INT8_KEY: cpu_int8} if cpu_int8 else {})}
+    report["latency"] = measure_latency(prep.predictor, timed, options.threads, options.latency_rounds)
+    if cpu_int8 is not None:
+        _choose_cpu_int8(report, cpu_int8, say)
     for precision, path in paths.items():
         report["precisions"][precision]["bytes"] = path.stat().st_size
     report["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
     return report, status
+
+
+CPU_INT8_KEY = "int8-cpu"      # the CPU flavour's row in the latency table
+
+
+def _choose_cpu_int8(report: dict[str, Any], path: Path, say) -> None:
+    """Keep the gated CPU flavour only if the export's timing shows it faster than FP32 by the margin."""
+    median = report["latency"]["median_ms"]
+    speedup = median["onnxruntime-cpu:fp32"] / median[f"onnxruntime-cpu:{CPU_INT8_KEY}"]
+    record = report["cpu_int8"]
+    record["speedup_vs_fp32"] = round(speedup, 3)
+    record["min_speedup"] = CPU_INT8_MIN_SPEEDUP
+    if speedup >= CPU_INT8_MIN_SPEEDUP:
+        record["written"] = True
+        record["metrics"]["bytes"] = path.stat().st_size
+        say(f"CPU flavour kept: {speedup:.2f}x the FP32 ONNX on this CPU; --backend auto picks it on a CPU")
+        return
+    record["written"] = False
+    path.unlink()
+    note = (f"--cpu-int8: {path.name} not written: it passed the gate but ran {speedup:.2f}x the FP32 ONNX here "
+            f"(< {CPU_INT8_MIN_SPEEDUP}x); FP32 stays the CPU model")
+    report["notes"].append(note)
+    say(note)
 
 
 def _onnx():
@@ -365,20 +414,29 @@ def _metrics_dict(result) -> dict[str, float]:
 
 
 def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Path, evaluation: _Evaluation,
-          reference: dict[str, Any], say) -> tuple[dict[str, Any], bool]:
+          reference: dict[str, Any], say, activations: str = "s8") -> tuple[dict[str, Any], bool]:
     """Quantize; if the gate fails, rank the conv groups and keep the worst in float until it holds.
 
     ``reference`` holds the FP32 ONNX's metrics: the gate compares like with like (same runtime).
-    Calibrates once: the ranges do not depend on what stays in float.
+    Calibrates once: the ranges do not depend on what stays in float. ``activations``: ``s8``
+    (model.int8.onnx, the TensorRT form) or ``u8`` (the CPU flavour).
     """
-    from prn_edge.export.int8 import calibrate, conv_groups, gate_warning, quantize_int8, search_keep_float
+    from prn_edge.export.int8 import (
+        calibrate,
+        conv_groups,
+        gate_warning,
+        input_side_limit,
+        matched_feature_convs,
+        quantize_int8,
+        search_keep_float,
+    )
 
     onnx = _onnx()
     start = time.perf_counter()
     say(f"calibrating INT8 ranges ({options.calib_method})")
     calibration = calibrate(fp32_path, prep.calibration, method=options.calib_method,
-                            percentile=options.calib_percentile, threads=options.threads)
-    record: dict[str, Any] = {
+                            percentile=options.calib_percentile, activations=activations, threads=options.threads)
+    record: dict[str, Any] = {"activations": activations,
         "calibration": {**calibration.record(), "images": len(prep.calibration), "seed": options.seed,
                         "source": str(options.calib) if options.calib else "checkpoint's train/good",
                         "files": prep.calibration_files},
@@ -393,13 +451,17 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
 
     def trial(keep: set[str]) -> dict[str, Any]:
         record["trials"] += 1
-        quantize_int8(fp32_path, out_path, calibration, keep_float=keep)
+        quantize_int8(fp32_path, out_path, calibration, keep_float=keep, activations=activations)
         return evaluation.onnx("int8", out_path, quiet=True)
 
     say("quantizing to INT8 (all convolutions)")
-    groups = conv_groups(onnx.load(str(fp32_path), load_external_data=False))
+    graph = onnx.load(str(fp32_path), load_external_data=False)
+    groups = conv_groups(graph)
+    input_side = input_side_limit(groups, matched_feature_convs(graph))
+    record["input_side_groups"] = [g.name for g in groups[:input_side]]
     budget_s = None if options.int8_budget is None else 60.0 * options.int8_budget
-    outcome = search_keep_float(groups, trial, reference, GATED, options.tolerance, progress=say, budget_s=budget_s)
+    outcome = search_keep_float(groups, trial, reference, GATED, options.tolerance, progress=say, budget_s=budget_s,
+                                prefix_limit=input_side)
     record["budget_minutes"] = options.int8_budget
     record["stopped_by_budget"] = outcome.stopped_by_budget
     record["result"] = outcome.metrics
@@ -418,7 +480,7 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
         return record, True
     why = f" (its search stopped at the {options.int8_budget:g}-min budget)" if outcome.stopped_by_budget else ""
     say(f"INT8 gate FAILED{why}: worst drop {outcome.worst_drop:.2f} points > {options.tolerance}; "
-        "model.int8.onnx not written")
+        f"{out_path.name} not written")
     with contextlib.suppress(FileNotFoundError):
         out_path.unlink()
     return record, False

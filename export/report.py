@@ -28,36 +28,17 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"- command: `{report.get('command') or '-'}`", ""]
 
     lines += accuracy_table(report)
-    int8 = report.get("int8")
-    if int8:
-        lines += ["", "## INT8", "",
-                  f"Static Q/DQ (ONNX Runtime quantizer): Conv weights per output channel (7 bits: no 16-bit "
-                  f"saturation on CPUs without VNNI) and activations per tensor, symmetric INT8; "
-                  f"{describe_calibration(int8['calibration'])} from "
-                  f"{int8['calibration']['images']} normal images "
-                  f"({int8['calibration']['source']}, seed {int8['calibration']['seed']}). Gate: "
-                  f"{', '.join(LABELS[k] for k in int8['gated'])} each within {int8['tolerance_points']} points "
-                  f"of the FP32 ONNX. All convolutions in INT8 cost "
-                  f"{int8['all_int8_worst_drop_points']} points at worst; {int8['trials']} quantization trial(s)"
-                  + (f" in {int8['seconds']} s" if "seconds" in int8 else "")
-                  + (f"; the search stopped at its budget of {int8['budget_minutes']:g} min before the gate held"
-                     if int8.get("stopped_by_budget") else "") + "."]
-        if int8.get("warning"):
-            lines += ["", f"**Warning**: {int8['warning']}."]
-        if int8.get("sensitivity"):
-            lines += ["", "Sensitivity (each part alone kept in float; smaller = that part costs more):", "",
-                      "| part of the network | convolutions | worst drop with it in float (points) |",
-                      "|---|---:|---:|"]
-            lines += [f"| {s['group']} | {s['convs']} | {s['worst_drop_points_with_group_in_float']} |"
-                      for s in int8["sensitivity"]]
-        if int8.get("keep_float"):
-            kept = int8["keep_float"]
-            lines += ["", f"Kept in float: {', '.join(g['group'] for g in kept)} "
-                          f"({sum(len(g['nodes']) for g in kept)} convolutions; worst drop then "
-                          f"{int8.get('worst_drop_points')} points)."]
-            if report["status"] != "ok":
-                lines += ["", "The nodes that cost the accuracy (ONNX node: module):", ""]
-                lines += [f"- `{n}`: {m}" for g in kept for n, m in zip(g["nodes"], g["modules"])]
+    if report.get("int8"):
+        lines += _int8_section("INT8", report["int8"], report["status"], "symmetric INT8 (TensorRT's form)")
+    cpu = report.get("cpu_int8")
+    if cpu:
+        lines += _int8_section("CPU flavour (model.int8.cpu.onnx)", cpu, report["status"],
+                               "asymmetric UINT8 (ONNX Runtime's fast x86 form; TensorRT cannot use it)")
+        if "speedup_vs_fp32" in cpu:
+            verdict = ("written: --backend auto runs it on a CPU" if cpu.get("written")
+                       else "not written: FP32 stays the CPU model")
+            lines += ["", f"Measured {cpu['speedup_vs_fp32']}x the FP32 ONNX in the latency table below "
+                          f"(kept from {cpu['min_speedup']}x): {verdict}."]
 
     latency = report.get("latency")
     if latency:
@@ -84,6 +65,39 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _int8_section(title: str, int8: dict[str, Any], status: str, activations: str) -> list[str]:
+    """One quantized model's section: calibration, gate, search, what stayed in float."""
+    lines = ["", f"## {title}", "",
+             f"Static Q/DQ (ONNX Runtime quantizer): Conv weights per output channel (7 bits: no 16-bit "
+             f"saturation on CPUs without VNNI) and activations per tensor, {activations}; "
+             f"{describe_calibration(int8['calibration'])} from "
+             f"{int8['calibration']['images']} normal images "
+             f"({int8['calibration']['source']}, seed {int8['calibration']['seed']}). Gate: "
+             f"{', '.join(LABELS[k] for k in int8['gated'])} each within {int8['tolerance_points']} points "
+             f"of the FP32 ONNX. All convolutions in INT8 cost "
+             f"{int8['all_int8_worst_drop_points']} points at worst; {int8['trials']} quantization trial(s)"
+             + (f" in {int8['seconds']} s" if "seconds" in int8 else "")
+             + (f"; the search stopped at its budget of {int8['budget_minutes']:g} min before the gate held"
+                if int8.get("stopped_by_budget") else "") + "."]
+    if int8.get("warning"):
+        lines += ["", f"**Warning**: {int8['warning']}."]
+    if int8.get("sensitivity"):
+        lines += ["", "Sensitivity (each part alone kept in float; smaller = that part costs more):", "",
+                  "| part of the network | convolutions | worst drop with it in float (points) |",
+                  "|---|---:|---:|"]
+        lines += [f"| {s['group']} | {s['convs']} | {s['worst_drop_points_with_group_in_float']} |"
+                  for s in int8["sensitivity"]]
+    if int8.get("keep_float"):
+        kept = int8["keep_float"]
+        lines += ["", f"Kept in float: {', '.join(g['group'] for g in kept)} "
+                      f"({sum(len(g['nodes']) for g in kept)} convolutions; worst drop then "
+                      f"{int8.get('worst_drop_points')} points)."]
+        if status != "ok":
+            lines += ["", "The nodes that cost the accuracy (ONNX node: module):", ""]
+            lines += [f"- `{n}`: {m}" for g in kept for n, m in zip(g["nodes"], g["modules"])]
+    return lines
+
+
 def accuracy_table(report: dict[str, Any]) -> list[str]:
     """The per-precision table (also used by benchmarks/results/export.md)."""
     ref = report.get("reference")
@@ -98,7 +112,10 @@ def accuracy_table(report: dict[str, Any]) -> list[str]:
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
               f"| PyTorch (reference) | - | {_pct(ref['image_auroc'])} | {_pct(ref['pixel_auroc'])} | "
               f"{_pct(ref['pro'])} | {_pct(ref['ap'])} | | | | | | | |"]
-    for precision, r in report["precisions"].items():
+    rows = list(report["precisions"].items())
+    if (report.get("cpu_int8") or {}).get("metrics"):
+        rows.append(("int8, CPU flavour", report["cpu_int8"]["metrics"]))
+    for precision, r in rows:
         d = r.get("delta_points", {})
         size = f"{r['bytes'] / 1e6:.1f}" if "bytes" in r else "-"
         decisions = f"{r['decisions_equal']}/{r['images']}" if "decisions_equal" in r else "-"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnx_graphsurgeon")
@@ -227,3 +227,59 @@ def test_fp32_parity_allows_nearest_prototype_ties_and_nothing_broader():
         fp32_parity({"max_map_diff": 0.4, "map_fraction_over_parity_tol": 1e-4})
     with pytest.raises(PRNError, match="export bug"):      # an old record without the fraction
         fp32_parity({"max_map_diff": 3e-3})
+
+
+def test_cpu_flavour_is_written_when_gated_and_faster_and_auto_runs_it_on_a_cpu(checkpoint, tmp_path, capsys,
+                                                                              monkeypatch):
+    """``--cpu-int8``: U8 activations (asymmetric zero points), gated like --int8, listed in the manifest,
+    a row of its own in the accuracy and latency tables, and the CPU's first choice in ``--backend auto``.
+    The speed margin is set to 0 here: the decision on a measured speed-up is tested below."""
+    from onnx import TensorProto
+
+    from prn_edge.contract.model_folder import find_model_files
+    from prn_edge.export import pipeline
+    from prn_edge.runtime.loader import plan_engines
+
+    monkeypatch.setattr(pipeline, "CPU_INT8_MIN_SPEEDUP", 0.0)
+    out = tmp_path / "export"
+    rc = main([str(checkpoint), "--cpu-int8", "--out", str(out), "--tolerance", "100", *FAST])
+    assert rc == 0, capsys.readouterr().err
+    folder = published(out)
+    assert "model.int8.cpu.onnx" in visible(folder) and "model.int8.onnx" not in visible(folder)
+    assert "model.int8.cpu.trt.onnx" not in visible(folder)           # not a TensorRT model
+    model = onnx.load(str(folder / "model.int8.cpu.onnx"))
+    activation_types = {n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    inits = {t.name: t for t in model.graph.initializer}
+    assert activation_types and all(inits[z].data_type == TensorProto.UINT8 for z in activation_types)
+    report = json.loads((folder / "export_report.json").read_text())
+    cpu = report["cpu_int8"]
+    assert cpu["written"] and cpu["activations"] == "u8" and cpu["speedup_vs_fp32"] > 0
+    assert "onnxruntime-cpu:int8-cpu" in report["latency"]["median_ms"]
+    assert cpu["metrics"]["file"] == "model.int8.cpu.onnx" and cpu["metrics"]["images"] == 6
+    md = (folder / "export_report.md").read_text()
+    assert "## CPU flavour (model.int8.cpu.onnx)" in md and "int8, CPU flavour" in md
+    files = find_model_files(out)
+    assert files.cpu_int8 == folder / "model.int8.cpu.onnx" and files.onnx["fp32"] == folder / "model.onnx"
+    cpu_candidates = [c for c in plan_engines(out, "onnxruntime-cpu")]
+    assert (cpu_candidates[0].precision, cpu_candidates[0].path.name) == ("int8", "model.int8.cpu.onnx")
+    auto = [c for c in plan_engines(out) if c.backend == "onnxruntime-cpu"]
+    assert auto[0].path.name == "model.int8.cpu.onnx"
+
+
+def test_cpu_flavour_that_is_not_faster_is_dropped_with_a_note(tmp_path):
+    from prn_edge.export.pipeline import CPU_INT8_KEY, CPU_INT8_MIN_SPEEDUP, _choose_cpu_int8
+
+    path = tmp_path / "model.int8.cpu.onnx"
+    path.write_bytes(b"x")
+    report = {"notes": [], "cpu_int8": {"metrics": {}},
+              "latency": {"median_ms": {"onnxruntime-cpu:fp32": 60.0, f"onnxruntime-cpu:{CPU_INT8_KEY}": 55.0}}}
+    _choose_cpu_int8(report, path, lambda line: None)
+    assert not path.exists() and report["cpu_int8"]["written"] is False
+    assert report["cpu_int8"]["speedup_vs_fp32"] == pytest.approx(60 / 55, abs=1e-3)
+    assert report["cpu_int8"]["speedup_vs_fp32"] < CPU_INT8_MIN_SPEEDUP
+    assert "not written" in report["notes"][0] and "1.09x" in report["notes"][0]
+    path.write_bytes(b"x")
+    report["latency"]["median_ms"][f"onnxruntime-cpu:{CPU_INT8_KEY}"] = 40.0
+    report["notes"].clear()
+    _choose_cpu_int8(report, path, lambda line: None)
+    assert path.exists() and report["cpu_int8"]["written"] and not report["notes"]

@@ -15,7 +15,15 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 from prn_edge.errors import PRNError  # noqa: E402
-from prn_edge.export.int8 import ConvGroup, conv_groups, gate_warning, search_keep_float, worst_drop  # noqa: E402
+from prn_edge.export.int8 import (  # noqa: E402
+    ConvGroup,
+    conv_groups,
+    gate_warning,
+    input_side_limit,
+    matched_feature_convs,
+    search_keep_float,
+    worst_drop,
+)
 from prn_edge.export.tensorrt_build import build_settings, tensorrt_major  # noqa: E402
 from prn_edge.contract.model_folder import ModelFolder  # noqa: E402
 from prn_edge.runtime.backends import tensorrt_support as ts  # noqa: E402
@@ -262,3 +270,30 @@ def test_plugin_library_lookup(tmp_path, monkeypatch):
     assert trt.registry.loaded == [str(lib.resolve())]
     with pytest.raises(PRNError, match="could not load the plugin library"):
         ts.load_plugins(FakeTRT(handle=None))
+
+
+def test_the_input_side_reaches_through_the_features_matched_against_the_prototypes():
+    """The convolutions upstream of a ``prn.ProtoResidual`` call's features are found (not those
+    feeding only the decoder, nor the prototype inputs), and the search's input side then spans
+    every group up to the last one holding them (at least two)."""
+    def conv(name, x, y):
+        return helper.make_node("Conv", [x, f"{name}.w"], [y], name=name)
+
+    nodes = [conv("stem", "x", "a"), conv("early", "a", "b"), conv("middle", "b", "c"),
+             helper.make_node("ProtoResidual", ["c", "protos", "norms"], ["r"], domain="prn", name="match"),
+             conv("late", "c", "d"), conv("fuse", "r", "e"), conv("head", "d", "f")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in ("e", "f")])
+    model = helper.make_model(graph)
+    matched = matched_feature_convs(model)
+    assert matched == {"stem", "early", "middle"}
+    found = groups("stem", "early", "middle", "late", "head")
+    as_nodes = [ConvGroup(g.name, (g.name,), g.modules) for g in found]
+    assert input_side_limit(as_nodes, matched) == 3
+    assert input_side_limit(as_nodes, {"stem"}) == 2             # never fewer than the stem and early blocks
+    assert input_side_limit(as_nodes, set()) == 2                 # a model without prototype calls
+    # The search then keeps stem, early, middle in float before it ranks anything.
+    trials = FakeTrials({"stem": 3.0, "early": 1.0, "middle": 2.0, "late": 0.2, "head": 0.1})
+    out = search_keep_float(found, trials, REF, GATED, 0.5, progress=lambda s: None,
+                            prefix_limit=input_side_limit(as_nodes, matched))
+    assert out.passed and [g.name for g in out.kept] == ["stem", "early", "middle"] and out.ranked == ()

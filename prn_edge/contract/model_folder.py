@@ -5,6 +5,8 @@
     OUT/manifest.json                 the switch: which version is the model, every file with its sha256
     OUT/versions/v000003/             the files of that version:
         model.onnx, model.fp16.onnx, model.int8.onnx      ONNX Runtime (same I/O, precision in the graph)
+        model.int8.cpu.onnx                               the CPU flavour: INT8 with U8 activations, ONNX Runtime
+                                                          on a CPU only (written when gated and measured faster)
         model.trt.onnx, model.<fp16|int8>.trt.onnx        TensorRT plugin variants (not for ONNX Runtime)
         model.<fp32|fp16|int8>.engine (+ .engine.json)    TensorRT engines and their sidecars
         tensorrt.timing_cache                             TensorRT's timing cache, shared by the builds
@@ -38,7 +40,7 @@ from typing import Any
 from prn_edge.errors import PRNError, first_line
 from prn_edge.io import file_sha256, fsync_dir, write_json_atomic
 
-__all__ = ["CHECKPOINT", "ENGINE_SUFFIXES", "MANIFEST", "PRECISIONS", "REPORT_JSON", "REPORT_MD", "TIMING_CACHE",
+__all__ = ["CHECKPOINT", "CPU_INT8_ONNX", "ENGINE_SUFFIXES", "MANIFEST", "PRECISIONS", "REPORT_JSON", "REPORT_MD", "TIMING_CACHE",
            "ModelFiles", "ModelFolder", "find_model_files", "new_staging", "precision_of", "publish",
            "read_manifest", "recorded_checkpoint", "remove_leftovers", "resolve_model_folder"]
 
@@ -54,9 +56,10 @@ VERSIONS = "versions"
 STAGING_PREFIX = ".staging-"
 _VERSION = re.compile(r"v(\d{6,})")
 # What an export writes: in a folder of the flat layout these are the previous export's files.
-_EXPORT_FILE = re.compile(r"(model(\.(fp16|int8))?(\.trt)?\.onnx|model\.(fp32|fp16|int8)\.(engine|plan)(\.json)?|"
+_EXPORT_FILE = re.compile(r"(model(\.(fp16|int8))?(\.trt|\.cpu)?\.onnx|model\.(fp32|fp16|int8)\.(engine|plan)(\.json)?|"
                           r"export_report\.(json|md)|tensorrt\.timing_cache)")
 _ONNX = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+CPU_INT8_ONNX = "model.int8.cpu.onnx"
 
 
 def _check_precision(precision: str) -> str:
@@ -90,6 +93,11 @@ class ModelFolder:
     def onnx(self, precision: str) -> Path:
         """The ONNX Runtime model of a precision (``model.onnx`` for FP32)."""
         return self.root / _ONNX[_check_precision(precision)]
+
+    @property
+    def cpu_int8(self) -> Path:
+        """The CPU flavour: INT8 with U8 activations, for ONNX Runtime on a CPU (not TensorRT)."""
+        return self.root / CPU_INT8_ONNX
 
     def trt_onnx(self, precision: str) -> Path:
         """Its TensorRT plugin variant: ``model.onnx`` -> ``model.trt.onnx``."""
@@ -324,6 +332,7 @@ class ModelFiles:
         engines: TensorRT engines by precision.
         checkpoint: the checkpoint (PyTorch and CuPy-fused engines), if there is one.
         checkpoint_note: where the checkpoint came from, or why there is none.
+        cpu_int8: the CPU flavour (``model.int8.cpu.onnx``), if the export wrote one.
     """
 
     source: Path
@@ -331,6 +340,7 @@ class ModelFiles:
     engines: dict[str, Path] = field(default_factory=dict)
     checkpoint: Path | None = None
     checkpoint_note: str = ""
+    cpu_int8: Path | None = None
 
 
 def find_model_files(model: str | os.PathLike) -> ModelFiles:
@@ -342,10 +352,12 @@ def find_model_files(model: str | os.PathLike) -> ModelFiles:
     path = Path(model).expanduser()
     if path.is_dir():
         layout = resolve_model_folder(path)
-        onnx = {precision_of(p): p for p in sorted(layout.root.glob("model*.onnx")) if ".trt." not in p.name}
+        onnx = {precision_of(p): p for p in sorted(layout.root.glob("model*.onnx"))
+                if ".trt." not in p.name and p.name != CPU_INT8_ONNX}
         engines = {precision_of(p): p for p in sorted(layout.root.iterdir()) if p.suffix in ENGINE_SUFFIXES}
         checkpoint, note = recorded_checkpoint(path, layout)
-        files = ModelFiles(path, onnx, engines, checkpoint, note)
+        cpu_int8 = layout.cpu_int8 if layout.cpu_int8.is_file() else None
+        files = ModelFiles(path, onnx, engines, checkpoint, note, cpu_int8)
         if not (files.onnx or files.engines or files.checkpoint):
             raise PRNError(f"{path}: no model here (expected model.onnx, model.<precision>.engine or "
                            f"{CHECKPOINT}, as prn-export writes them) (--model)")

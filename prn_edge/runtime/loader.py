@@ -4,8 +4,9 @@ The folder's layout is :mod:`prn_edge.contract.model_folder`'s; ``--model`` may 
 ``.onnx``, ``.engine`` or ``.pt`` file. With ``backend="auto"`` the best engine that really
 loads here wins, in this order: TensorRT (FP16, FP32, INT8), ONNX Runtime on CUDA, the
 CuPy-fused PyTorch model, ONNX Runtime on the CPU (FP32 first: the INT8 model is chosen only
-when asked for, since its accuracy is a measured trade-off in the export report), and the
-PyTorch reference. A forced backend that cannot load is an error that says why; in ``auto``
+when asked for, since its accuracy is a measured trade-off in the export report; but the CPU
+flavour ``model.int8.cpu.onnx`` first where the export wrote one, since it did so only when
+that INT8 model held the gate and ran faster than FP32), and the PyTorch reference. A forced backend that cannot load is an error that says why; in ``auto``
 mode the reasons are collected and shown only if nothing loads. :func:`plan_engines` lists
 every candidate with the reason it cannot run, for ``--list-backends`` and ``prn-bench``.
 
@@ -143,7 +144,12 @@ def plan_engines(model: str | os.PathLike | ModelFiles, backend: str = "auto", p
         out.append(Candidate("cupy-fused", files.checkpoint, "fp32", reason))
     if want("onnxruntime-cpu"):
         reason = "" if providers else "onnxruntime is not installed (pip install onnxruntime)"
-        add_files("onnxruntime-cpu", files.onnx, ("fp32", "fp16", "int8"), reason)
+        if files.cpu_int8 is not None:
+            # The export wrote its CPU flavour only because it held the gate and ran faster than FP32
+            # there: on a CPU it is the INT8 model, and the first choice.
+            add_files("onnxruntime-cpu", {**files.onnx, "int8": files.cpu_int8}, ("int8", "fp32", "fp16"), reason)
+        else:
+            add_files("onnxruntime-cpu", files.onnx, ("fp32", "fp16", "int8"), reason)
     if want("torch"):
         reason = "" if _has_module("torch") else "torch is not installed (pip install 'prn-edge[train]')"
         if files.checkpoint is None:
