@@ -32,13 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from prn_edge.export.int8 import (  # noqa: E402
-    _block_index,
-    _group_name,
-    calibrate,
-    matched_feature_convs,
-    quantize_int8,
-)
+from prn_edge.export.int8 import calibrate, conv_groups, matched_feature_convs, quantize_int8  # noqa: E402
 from prn_edge.export.pipeline import ExportOptions, Int8Study  # noqa: E402
 from prn_edge.io import write_json_atomic, write_text_atomic  # noqa: E402
 from prn_edge.provenance import provenance, provenance_line  # noqa: E402
@@ -52,12 +46,8 @@ def part_of_output(model) -> dict[str, str]:
     ORT names a fused node after its output tensor (``relu_4`` -> ``relu_4_nchwc``), so kernels
     are attributed through their output names.
     """
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    last = max((b for b in (_block_index(n.input[1]) for n in convs) if b is not None), default=0)
-    parts = {}
-    for n in convs:
-        module = n.input[1].removeprefix("prn.").removesuffix(".weight")
-        parts[n.output[0]] = _group_name(module, _block_index(n.input[1]), last)
+    part_of_node = {node: g.name for g in conv_groups(model) for node in g.nodes}     # the INT8 gate's parts
+    parts = {n.output[0]: part_of_node[n.name] for n in model.graph.node if n.name in part_of_node}
     for n in model.graph.node:          # Conv -> Relu/Clip: ORT fuses them into one kernel
         if n.op_type in ("Relu", "Clip") and n.input[0] in parts:
             parts[n.output[0]] = parts[n.input[0]]

@@ -39,6 +39,7 @@ DEFAULT_TOLERANCE = 0.5          # points: the issue's INT8 accuracy gate
 # The CPU flavour (U8 activations) is kept only when it is at least this much faster than the FP32 ONNX in the
 # export's own interleaved timing: below that, run-to-run noise on a loaded 2-core machine could make the choice.
 CPU_INT8_MIN_SPEEDUP = 1.15
+CPU_INT8_KEY = "int8-cpu"        # the CPU flavour's row in the latency table
 # FP32 ONNX vs PyTorch (fp32_parity): |map difference| <= PARITY_MAP_TOL on all but PARITY_PIXEL_FRACTION of
 # the pixels, and nowhere above PARITY_MAP_MAX. Where two prototypes lie equally near a feature to within FP32
 # rounding, ONNX Runtime's GEMM and PyTorch's (different summation orders) may pick different ones; both are
@@ -281,7 +282,7 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
             report["cpu_int8"]["metrics"] = cpu_report.pop("result")
         else:
             report["cpu_int8"]["written"] = False
-            report["status"] = "cpu int8 gate failed" if status == 0 else report["status"] + ", cpu int8 gate failed"
+            report["status"] = "cpu int8 gate failed" if status == 0 else f"{report['status']}, cpu int8 gate failed"
             status = 1
 
     for precision, path in paths.items():
@@ -302,9 +303,6 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
         report["precisions"][precision]["bytes"] = path.stat().st_size
     report["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
     return report, status
-
-
-CPU_INT8_KEY = "int8-cpu"      # the CPU flavour's row in the latency table
 
 
 def _choose_cpu_int8(report: dict[str, Any], path: Path, say) -> None:
@@ -436,7 +434,8 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     say(f"calibrating INT8 ranges ({options.calib_method})")
     calibration = calibrate(fp32_path, prep.calibration, method=options.calib_method,
                             percentile=options.calib_percentile, activations=activations, threads=options.threads)
-    record: dict[str, Any] = {"activations": activations,
+    record: dict[str, Any] = {
+        "activations": activations,
         "calibration": {**calibration.record(), "images": len(prep.calibration), "seed": options.seed,
                         "source": str(options.calib) if options.calib else "checkpoint's train/good",
                         "files": prep.calibration_files},

@@ -40,8 +40,8 @@ from typing import Any
 from prn_edge.errors import PRNError, first_line
 from prn_edge.io import file_sha256, fsync_dir, write_json_atomic
 
-__all__ = ["CHECKPOINT", "CPU_INT8_ONNX", "ENGINE_SUFFIXES", "MANIFEST", "PRECISIONS", "REPORT_JSON", "REPORT_MD", "TIMING_CACHE",
-           "ModelFiles", "ModelFolder", "find_model_files", "new_staging", "precision_of", "publish",
+__all__ = ["CHECKPOINT", "CPU_INT8_ONNX", "ENGINE_SUFFIXES", "MANIFEST", "PRECISIONS", "REPORT_JSON", "REPORT_MD",
+           "TIMING_CACHE", "ModelFiles", "ModelFolder", "find_model_files", "new_staging", "precision_of", "publish",
            "read_manifest", "recorded_checkpoint", "remove_leftovers", "resolve_model_folder"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -56,7 +56,8 @@ VERSIONS = "versions"
 STAGING_PREFIX = ".staging-"
 _VERSION = re.compile(r"v(\d{6,})")
 # What an export writes: in a folder of the flat layout these are the previous export's files.
-_EXPORT_FILE = re.compile(r"(model(\.(fp16|int8))?(\.trt|\.cpu)?\.onnx|model\.(fp32|fp16|int8)\.(engine|plan)(\.json)?|"
+_EXPORT_FILE = re.compile(r"(model(\.(fp16|int8))?(\.trt)?\.onnx|model\.int8\.cpu\.onnx|"
+                          r"model\.(fp32|fp16|int8)\.(engine|plan)(\.json)?|"
                           r"export_report\.(json|md)|tensorrt\.timing_cache)")
 _ONNX = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 CPU_INT8_ONNX = "model.int8.cpu.onnx"
