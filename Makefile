@@ -65,7 +65,7 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
 	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration \
 	results-prototype-diagnosis results-match-ablation results-match-ablation-20min results-serving \
-	results-cpu-profile
+	results-cpu-profile results-map-smoothing
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -141,6 +141,12 @@ results-match-ablation-20min: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) instal
 	$(PY) benchmarks/match_ablation.py --minutes 20 --seed 0,1 --threads $(THREADS) --name match_ablation_20min \
 		--variants patch+prior+pool3+s23,patch+prior+pool3+s23+cosine+select,patch+prior+pool3+s23+cosine+select+builtin,patch+prior+pool3+s23+cosine+select+builtin+lr2e-5 \
 		--data $(ISSUE13_SETS) --runs $(RUNS)/match_ablation --results $(RESULTS) --reuse
+
+# The anomaly map's Gaussian blur at sigma 0-8 on those 20-minute checkpoints (no training; ~3 min per set).
+results-map-smoothing: install
+	$(PY) benchmarks/map_smoothing.py --data $(ISSUE13_SETS) --threads $(THREADS) \
+		--variants patch+prior+pool3+s23+cosine+select+builtin,patch+prior+pool3+s23+cosine+select+builtin+lr2e-5 \
+		--runs $(RUNS)/match_ablation --results $(RESULTS)
 
 # Issue 16: CPU time per part of the network and the INT8 forms, on the 20-minute bottle model of
 # results-match-ablation-20min (its candidate defaults); ~8 min.

@@ -31,7 +31,7 @@ from prn_edge.api import evaluate, train  # noqa: E402
 from prn_edge.io import write_json_atomic, write_text_atomic  # noqa: E402
 from prn_edge.provenance import provenance, provenance_line  # noqa: E402
 
-# name -> prn-train options (on top of --config edge)
+# name -> prn-train options (on top of --config edge --defaults paper: each variant names all it changes)
 VARIANTS = {
     "image": {"match": "image", "prior": False},          # the paper's PRN (the edge preset before issue 13)
     "patch+prior": {"match": "patch", "prior": True},
@@ -56,6 +56,8 @@ VARIANTS = {
                                                            "match_pooling_border": "zeros", "prior_scales": "2,3",
                                                            "lr_schedule": "cosine", "select_best": True,
                                                            "textures": "builtin", "lr": 2e-5},
+    # prn-train's own defaults (prn_edge/defaults.py): the variant above with the map blurred at sigma 4
+    "measured": {"defaults": "measured"},
 }
 METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
 
@@ -70,8 +72,9 @@ def run(data: Path, variant: str, steps: int, runs: Path, seed: int, threads: in
     if not metrics_path.exists():
         if not (out / "checkpoint.pt").exists():
             budget = {"minutes": minutes} if minutes else {"steps": steps}
+            options = {"defaults": "paper", **VARIANTS[variant]}
             train(data, out, config="edge", batch_size=8, seed=seed, threads=threads, quiet=True,
-                  resume=(out / "train_state.pt").exists(), **budget, **VARIANTS[variant])
+                  resume=(out / "train_state.pt").exists(), **budget, **options)
         evaluate(data=data, out=out / "eval", checkpoint=out / "checkpoint.pt", no_progress=True)
     metrics = json.loads(metrics_path.read_text())
     cell = {m: 100 * metrics[m] for m in METRICS}
@@ -100,8 +103,10 @@ def render(rows: list[dict], steps: int, origin: dict, minutes: float | None = N
     trained = f"{minutes:g} minutes of wall clock on 2 cores" if minutes else f"{steps} steps"
     lines = ["# Prototype match and residual prior, trained (issue 13)", "",
              f"Produced by `python benchmarks/match_ablation.py {budget} --seed {seed}`. Edge preset "
-             f"(EfficientNet-Lite0), {trained} at batch 8, seed {seed} (per row), every other option at prn-train's default (no DTD folder beside "
-             "the variation sets). Final checkpoints (`select`: the step that scored best on the held-out normal images and "
+             f"(EfficientNet-Lite0), {trained} at batch 8, seed {seed} (per row), every other option as PRN was published "
+             "(`--defaults paper`: Adam at a constant 1e-4, no DTD folder beside the variation sets), except `measured`: "
+             "prn-train's own defaults (`--defaults measured`), which are the `...+lr2e-5` variant with the map blurred "
+             "at sigma 4 (`map_smoothing.md` adds that blur to the seed-0 checkpoints). Final checkpoints (`select`: the step that scored best on the held-out normal images and "
              "their synthesized anomalies; `builtin`: `--textures builtin`, crops of the bundled photos as the simulated "
              "anomalies' textures; `lr2e-5`: Adam at 2e-5 instead of 1e-4); each run's 10 seen anomalies left out, PatchCore scored on "
              "the same images. Metrics in percent: image AUROC / pixel AUROC / PRO@0.3 / AP. A run found on disk "
@@ -184,14 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["runs"] = {v: row["runs"][v] for v in VARIANTS if v in row["runs"]}
     origin = provenance()
+    seeds_shown = ",".join(str(s) for s in sorted({r.get("seed", 0) for r in rows}))   # reused rows included
     args.results.mkdir(parents=True, exist_ok=True)
     if not any(r.get("reused") for r in rows):
         reused_from = None
     write_json_atomic(args.results / f"{args.name}.json", {"steps": args.steps, "minutes": args.minutes,
-                                                            "seed": args.seed, "rows": rows, "reused_from": reused_from,
+                                                            "seed": seeds_shown, "rows": rows, "reused_from": reused_from,
                                                             "provenance": origin})
     write_text_atomic(args.results / f"{args.name}.md",
-                      render(rows, args.steps, origin, args.minutes, args.seed, reused_from))
+                      render(rows, args.steps, origin, args.minutes, seeds_shown, reused_from))
     print(f"wrote {args.results / (args.name + '.md')}")
     return 0
 

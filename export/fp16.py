@@ -182,11 +182,16 @@ def _tensor_types(onnx, model) -> dict[str, int]:
     return types
 
 
+TAIL_SEARCH_DEPTH = 8   # nodes from an output back to its Sigmoid: the blur is 4, the score's chain 3
+
+
 def _fp32_head_and_tail(graph, producer, consumers) -> set[int]:
     """ids of the nodes that stay FP32: the input normalisation and the output tail.
 
     Head: every node reachable from a graph input without passing a ``Conv`` (the uint8 ->
-    normalised float chain). Tail: each graph output's producer and everything downstream.
+    normalised float chain). Tail: the last ``Sigmoid`` upstream of each graph output (through
+    the map's Gaussian blur, ``map_smoothing``, when the model has one: Pad and 1-channel Conv
+    on probabilities), the nodes between, and everything downstream.
     """
     keep: set[int] = set()
     frontier = [vi.name for vi in graph.input]
@@ -198,7 +203,13 @@ def _fp32_head_and_tail(graph, producer, consumers) -> set[int]:
             keep.add(id(node))
             frontier.extend(o for o in node.output if o)
     outputs = [o.name for o in graph.output]
-    frontier = [producer[name] for name in outputs if name in producer]
+    frontier = []
+    for name in outputs:
+        path, node = [], producer.get(name)
+        while node is not None and node.op_type != "Sigmoid" and len(path) < TAIL_SEARCH_DEPTH:
+            path.append(node)
+            node = producer.get(node.input[0]) if node.input else None
+        frontier.extend(path + [node] if node is not None and node.op_type == "Sigmoid" else path[:1])
     while frontier:
         node = frontier.pop()
         if id(node) in keep:

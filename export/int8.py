@@ -51,6 +51,7 @@ CALIBRATION_BATCH = 4
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "minmax"
 DEFAULT_PERCENTILE = 99.999
+FLOAT_ONLY_WEIGHT_PREFIX = "prn.smoothing."   # see float_only_convs
 HISTOGRAM_BINS = 2048            # TensorRT's and pytorch-quantization's histogram calibrators use 2048 too
 
 
@@ -63,8 +64,21 @@ class ConvGroup:
     modules: tuple[str, ...]   # the PyTorch modules they come from (report)
 
 
+def float_only_convs(model) -> set[str]:
+    """Names of the ``Conv`` nodes that never go to INT8: the anomaly map's Gaussian blur
+    (``PRNConfig.map_smoothing``, weights ``prn.smoothing.*``).
+
+    Its input is the map itself, probabilities in [0, 1]: 8 bits would leave 255 levels where the
+    metrics rank millions of pixels, and its two 1-channel convolutions cost nothing in float.
+    """
+    return {n.name for n in model.graph.node
+            if n.op_type == "Conv" and n.input[1].startswith(FLOAT_ONLY_WEIGHT_PREFIX)}
+
+
 def conv_groups(model) -> list[ConvGroup]:
     """Group the ``Conv`` nodes of an exported PRN by the module their weight belongs to.
+
+    The :func:`float_only_convs` belong to no group: no search may quantize them.
 
     Args:
         model: the FP32 ``onnx.ModelProto``.
@@ -72,7 +86,8 @@ def conv_groups(model) -> list[ConvGroup]:
     Returns:
         Groups in graph order; empty groups are left out.
     """
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    never = float_only_convs(model)
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in never]
     blocks = [_block_index(n.input[1]) for n in convs]
     last_block = max((b for b in blocks if b is not None), default=0)
     groups: dict[str, tuple[list[str], list[str]]] = {}
@@ -286,7 +301,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         calibration: uint8 ``(N, S, S, 3)`` normal images, calibrated here with
             ``calibration_method`` / ``percentile`` / ``threads`` (see :func:`calibrate`), or a
             :class:`Calibration` made before (those three are then its own).
-        keep_float: ONNX node names of convolutions to leave in float.
+        keep_float: ONNX node names of convolutions to leave in float (the
+            :func:`float_only_convs` are left in float whatever it says).
         activations: ``s8`` symmetric INT8 (what TensorRT requires; the default) or ``u8``
             asymmetric UINT8 (faster in ONNX Runtime on x86 CPUs; not for TensorRT).
 
@@ -304,6 +320,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     elif calibration.activations != activations:
         raise PRNError(f"the calibration was made for {calibration.activations} activations, not {activations}")
     symmetric = activations == "s8"
+    onnx = require("onnx", "INT8 quantization (pip install onnx)")
+    keep_float = set(keep_float) | float_only_convs(onnx.load(str(fp32_path), load_external_data=False))
     # The ranges go in as per-tensor overrides (a calibration cache file is newer than the ORT we
     # support); quantize_static still runs its own MinMax pass, so it gets one blank image: every
     # range it finds is overridden.

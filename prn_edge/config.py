@@ -21,6 +21,9 @@ POOLING_BORDERS = ("zeros", "inside")
 class PRNConfig:
     """Every architectural choice of docs/model.md, with the paper's values as defaults.
 
+    ``prn-train`` sets the matching and scoring fields from :data:`prn_edge.defaults.MODEL` on top of
+    a preset unless told otherwise (``--defaults paper`` keeps these values).
+
     Attributes:
         backbone: frozen ImageNet encoder, one of ``BACKBONE_NAMES``.
         image_size: square input side in pixels (the paper and all metrics use 256).
@@ -61,6 +64,12 @@ class PRNConfig:
         decoder_channels: channels of the decoder stage at scales 3, 2, 1 (None: the
             encoder's tap channels, as in a U-Net that mirrors its encoder).
         head_channels: channels of the last conv3x3-BN-ReLU before the 1-channel logits.
+        map_smoothing: sigma in pixels (at ``image_size``) of a Gaussian blur of the anomaly map,
+            before the image score is taken from it; 0 = none (the paper, and what checkpoints
+            without this field were calibrated with). Sigma 4 is PatchCore's smoothing: on the
+            trained 20-minute models it raised all four metrics on bottle and magnetic tile
+            (benchmarks/results/map_smoothing.md), while sigma 8 started to cost bottle's PRO.
+            The loss still reads the unsmoothed logits.
         score_top_k: image score = mean of the top-K anomaly map values.
     """
 
@@ -80,6 +89,7 @@ class PRNConfig:
     decoder_resolution: int = 256
     decoder_channels: tuple[int, int, int] | None = None
     head_channels: int = 32
+    map_smoothing: float = 0.0
     score_top_k: int = 100
     preset: str = field(default="custom", compare=False)
 
@@ -128,6 +138,10 @@ class PRNConfig:
         if self.decoder_channels is not None and (
                 len(self.decoder_channels) != 3 or min(self.decoder_channels) < 1):
             raise PRNError(f"decoder_channels must be three positive ints, got {self.decoder_channels}")
+        # The blur pads by reflection, which needs the kernel's radius below the map's side.
+        if not 0 <= self.map_smoothing <= self.image_size / 8:
+            raise PRNError(f"map_smoothing must be a sigma in [0, {self.image_size / 8:g}] pixels "
+                           f"(image_size / 8), got {self.map_smoothing}")
         if not 1 <= self.score_top_k <= self.image_size ** 2:
             raise PRNError(f"score_top_k must be in [1, {self.image_size ** 2}], got {self.score_top_k}")
 
@@ -161,7 +175,8 @@ class PRNConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PRNConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults
-        (except ``match_pooling_border``: ``inside``, the behaviour before the field existed)."""
+        (except ``match_pooling_border``: ``inside``, and ``map_smoothing``: 0, the behaviour
+        before each field existed)."""
         if not isinstance(data, dict):
             raise PRNError(f"config must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -169,7 +184,7 @@ class PRNConfig:
         if unknown:
             raise PRNError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         # Written before the field existed: those models averaged the neighbours inside the map.
-        data = {"match_pooling_border": "inside", **data}
+        data = {"match_pooling_border": "inside", "map_smoothing": 0.0, **data}
         return cls(**data)
 
 

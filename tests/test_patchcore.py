@@ -14,7 +14,6 @@ from prn_edge.baseline.coreset import (
 from prn_edge.baseline.patchcore import (
     PatchCoreConfig,
     PatchCorePredictor,
-    gaussian_blur,
     nearest_neighbor_distance,
 )
 from prn_edge.contract.engine import Engine
@@ -131,17 +130,6 @@ def test_coreset_and_projection_are_seeded():
     assert torch.equal(random_projection(152, 128, 0), random_projection(152, 128, 0))
     with pytest.raises(PRNError, match="coreset"):
         greedy_coreset(points, 0)
-
-
-def test_gaussian_blur_preserves_constants_and_mass():
-    k = torch.tensor([0.25, 0.5, 0.25])
-    const = torch.full((2, 1, 16, 16), 3.0)
-    torch.testing.assert_close(gaussian_blur(const, k), const)
-    spike = torch.zeros(1, 1, 16, 16)
-    spike[0, 0, 8, 8] = 1.0
-    out = gaussian_blur(spike, k)
-    assert out.shape == spike.shape and out[0, 0, 8, 8] == pytest.approx(0.25)
-    assert float(out.sum()) == pytest.approx(1.0)
 
 
 def test_config_validation():

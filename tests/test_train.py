@@ -11,6 +11,8 @@ import torch
 
 from conftest import REPO
 from prn_edge.checkpoint import load_checkpoint, load_model
+from prn_edge.config import get_config
+from prn_edge.defaults import MODEL
 from prn_edge.train.cli import main as train_main
 
 FAST = ["--config", "edge", "--batch-size", "4", "--calibration-fraction", "0.2", "--seen", "3",
@@ -56,9 +58,14 @@ def test_train_writes_a_calibrated_checkpoint_with_provenance(tiny_category, tmp
     assert all(name.startswith("test/") and "good" not in name for name in data["seen_anomalies"])
     assert len(data["calibration_images"]) == 2 and data["num_train_normal"] == 8
     assert all(name.startswith("train/good/") for name in data["calibration_images"])
-    assert data["num_textures"] == 4
+    assert data["textures"] == "builtin"           # the measured defaults ignore the dtd folder beside the data
     assert training["steps"] == 2 and training["batch_size"] == 4 and training["world_size"] == 1
-    assert ckpt.num_prototypes == 1  # round(0.1 * 8)
+    # The measured defaults (prn_edge.defaults): patch match over 1024 vectors, the prior, the blur, lr 2e-5
+    # cosine and the best validated step; the checkpoint records which set it was trained with.
+    assert ckpt.num_prototypes == 1024 and ckpt.metadata["defaults"] == "measured"
+    assert {k: ckpt.config.to_dict()[k] for k in MODEL["measured"]} == {**MODEL["measured"], "prior_scales": [2, 3]}
+    assert (training["lr"], training["lr_schedule"]) == (2e-5, "cosine")
+    assert training["selection"]["method"].startswith("best validation score")
     cal = ckpt.metadata["calibration"]
     assert cal["num_images"] == 2 and ckpt.threshold == pytest.approx(max(cal["scores"]), abs=1e-6)
     # Issue 14, D10: the loss curve ends at the last step, and "final loss" is that step's loss
@@ -113,6 +120,8 @@ def test_preview_writes_a_grid(tiny_category, tmp_path):
     ({"--prior-scales": "2,4"}, "--prior-scales '2,4': give distinct scales of 1, 2, 3"),
     ({"--prior-scales": "two"}, "--prior-scales 'two': give scales of 1, 2, 3 separated by commas"),
     ({"--match-pooling-border": "reflect"}, "argument --match-pooling-border: invalid choice"),
+    ({"--map-smoothing": "-1"}, "argument --map-smoothing: expected a sigma >= 0"),
+    ({"--map-smoothing": "40"}, "map_smoothing must be a sigma in [0, 32] pixels (image_size / 8), got 40.0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_category, tmp_path, capsys, change, message):
     options = dict(zip(FAST[:-1:2], FAST[1:-1:2]))  # FAST ends with the flag --quiet
@@ -255,7 +264,12 @@ def test_the_best_validated_step_is_what_the_checkpoint_holds(tiny_category, tmp
     snapshot = load_checkpoint(out / "snapshots" / "checkpoint_step000002.pt")
     for key, tensor in snapshot.state_dict.items():
         assert torch.equal(tensor, ckpt.state_dict[key]), key
-    # Without --select-best (the default) the last step is kept.
+    # --defaults paper: PRN as published keeps the last step (and the paper's match, K = round(0.1 * 8), lr).
     last = tmp_path / "last"
-    assert train(["--data", str(tiny_category), "--out", str(last), "--steps", "4", *FAST], tmp_path) == 0
-    assert load_checkpoint(last / "checkpoint.pt").metadata["training"]["selection"]["method"].startswith("final")
+    assert train(["--data", str(tiny_category), "--out", str(last), "--steps", "4", "--defaults", "paper", *FAST],
+                 tmp_path) == 0
+    paper = load_checkpoint(last / "checkpoint.pt")
+    assert paper.metadata["training"]["selection"]["method"].startswith("final")
+    assert paper.num_prototypes == 1 and paper.metadata["defaults"] == "paper"
+    assert paper.metadata["data"]["num_textures"] == 4          # the 4 of the dtd folder beside the data
+    assert paper.config == get_config("edge") and paper.metadata["training"]["lr"] == 1e-4

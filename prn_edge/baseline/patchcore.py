@@ -60,12 +60,12 @@ from prn_edge.errors import PRNError
 from prn_edge.model.backbones import Backbone, build_backbone
 from prn_edge.model.deployable import frames_to_tensor
 from prn_edge.model.nearest import nearest_neighbours
+from prn_edge.model.smoothing import gaussian_blur, gaussian_kernel1d
 
 __all__ = [
     "PatchCoreConfig",
     "PatchCoreModel",
     "PatchCorePredictor",
-    "gaussian_blur",
     "nearest_neighbor_distance",
 ]
 
@@ -164,26 +164,6 @@ def nearest_neighbor_distance(
 
 
 # --------------------------------------------------------------------------------------
-# Smoothing
-# --------------------------------------------------------------------------------------
-def _gaussian_kernel1d(sigma: float) -> Tensor:
-    """Normalised 1-D Gaussian, half-width 4 sigma (as anomalib/scipy: 33 taps for sigma 4)."""
-    radius = int(4.0 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(maps: Tensor, kernel1d: Tensor) -> Tensor:
-    """Separable Gaussian blur of (B, 1, H, W) maps with reflect padding (two 1-D convs)."""
-    r = kernel1d.numel() // 2
-    x = F.pad(maps, (r, r, 0, 0), mode="reflect")
-    x = F.conv2d(x, kernel1d.view(1, 1, 1, -1))  # (B, 1, H, W) along width
-    x = F.pad(x, (0, 0, r, r), mode="reflect")
-    return F.conv2d(x, kernel1d.view(1, 1, -1, 1))  # (B, 1, H, W) along height
-
-
-# --------------------------------------------------------------------------------------
 # The model (pure nn.Module)
 # --------------------------------------------------------------------------------------
 class PatchCoreModel(nn.Module):
@@ -215,7 +195,7 @@ class PatchCoreModel(nn.Module):
         self.pool = nn.AvgPool2d(3, stride=1, padding=1)  # local aggregation, as PatchCore
         self.register_buffer("memory_bank", torch.zeros(0, self.feature_dim))  # (M, D)
         self.register_buffer("memory_bank_sqnorm", torch.zeros(0))  # (M,)
-        kernel = _gaussian_kernel1d(config.smoothing_sigma) if config.smoothing_sigma > 0 else torch.ones(1)
+        kernel = gaussian_kernel1d(config.smoothing_sigma) if config.smoothing_sigma > 0 else torch.ones(1)
         self.register_buffer("blur_kernel", kernel, persistent=False)
 
     def train(self, mode: bool = True) -> PatchCoreModel:

@@ -16,6 +16,7 @@ from prn_edge.model.backbones import Backbone, build_backbone
 from prn_edge.model.decoder import Decoder, top_k_score
 from prn_edge.model.fusion import MultiScaleFusion
 from prn_edge.model.prototypes import PrototypeBank, feature_vectors, kmeans
+from prn_edge.model.smoothing import MapSmoothing
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class PRN(nn.Module):
         if self.prior is not None:       # the untrained model is the prior alone (ControlNet-style zero conv)
             nn.init.zeros_(self.decoder.head[-1].weight)
             nn.init.zeros_(self.decoder.head[-1].bias)
+        self.smoothing = MapSmoothing(config.map_smoothing) if config.map_smoothing > 0 else None
 
     # -- prototypes ---------------------------------------------------------------------
     @property
@@ -214,6 +216,8 @@ class PRN(nn.Module):
                 record["prior"] = prior
             logits = logits + prior
         anomaly_map = torch.sigmoid(logits)
+        if self.smoothing is not None:      # after the sigmoid: a blur of probabilities, as PatchCore blurs distances
+            anomaly_map = self.smoothing(anomaly_map)
         score = top_k_score(anomaly_map, self.config.score_top_k)
         return PRNOutput(logits, anomaly_map, score)
 

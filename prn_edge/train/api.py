@@ -115,9 +115,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
           backbone_weights: str | os.PathLike | None = None, residual: str | None = None,
           msa_layers: int | None = None, match: str | None = None, match_pooling: int | None = None,
           match_pooling_border: str | None = None, prior: bool | None = None,
-          prior_scales: str | Iterable[int] | None = None,
+          prior_scales: str | Iterable[int] | None = None, map_smoothing: float | None = None,
           steps: int | None = None, minutes: float | None = None, batch_size: int | None = None,
-          lr: float = 1e-4, weight_decay: float = 1e-2, lr_schedule: str = "constant", select_best: bool = False,
+          defaults: str = "measured", lr: float | None = None, weight_decay: float = 1e-2,
+          lr_schedule: str | None = None, select_best: bool | None = None,
           seed: int = 0,
           seen: int = 10, calibration_fraction: float = 0.1, threshold_quantile: float = 1.0,
           textures: str | os.PathLike | None = None, foreground: str = "auto", no_ea: bool = False,
@@ -130,7 +131,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     k-means prototypes from the normal training images, then Adam on batches of normal images
     mixed with synthesized anomalies; a share of the normal images is held out to calibrate the
     threshold. The arguments are ``prn-train``'s flags (see ``prn-train --help``), with the same
-    defaults; ``snapshot_steps`` also takes a sequence of ints, ``command`` is what the checkpoint
+    defaults: None takes the value of the ``defaults`` set (:mod:`prn_edge.defaults`: ``measured``,
+    or ``paper`` for PRN as published), the preset's for the architecture; ``snapshot_steps`` also takes a sequence of ints, ``command`` is what the checkpoint
     records as the command that made it (default: this call). Progress goes to the ``prn-train``
     logger (INFO) and, unless ``quiet``, to tqdm bars on stderr.
 
@@ -146,6 +148,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
         PRNError: bad arguments, data, backbone weights or output folder (one-line messages),
             or a run that cannot go on (a non-finite loss, an interruption: state saved).
     """
+    from prn_edge import defaults as default_sets
     from prn_edge.config import (
         BACKBONE_NAMES,
         POOLING_BORDERS,
@@ -154,6 +157,11 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
         RESIDUAL_MODES,
     )
 
+    _check_choice("--defaults", defaults, default_sets.DEFAULT_SETS)
+    chosen = default_sets.TRAINING[defaults]
+    lr = chosen["lr"] if lr is None else lr
+    lr_schedule = chosen["lr_schedule"] if lr_schedule is None else lr_schedule
+    select_best = chosen["select_best"] if select_best is None else select_best
     _check_choice("--config", config, sorted(PRESETS))
     _check_choice("--backbone", backbone, BACKBONE_NAMES)
     _check_choice("--residual", residual, RESIDUAL_MODES)
@@ -170,6 +178,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
                                 ("--batch-size", batch_size, {"low": 1, "integer": True}),
                                 ("--msa-layers", msa_layers, {"low": 1, "integer": True}),
                                 ("--match-pooling", match_pooling, {"low": 1, "high": 15, "integer": True}),
+                                ("--map-smoothing", map_smoothing, {"low": 0}),
                                 ("--lr", lr, {"low": 0, "low_open": True, "optional": False}),
                                 ("--weight-decay", weight_decay, {"low": 0, "optional": False}),
                                 ("--seed", seed, {"low": 0, "high": MAX_SEED, "integer": True, "optional": False}),
@@ -188,6 +197,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     backbone_weights = None if backbone_weights is None else Path(backbone_weights)
     from prn_edge.data.synthesis.textures import BUILTIN_TEXTURES
 
+    if textures is None:      # measured: the built-in crops; paper: a DTD folder near the data, else none
+        textures = chosen["textures"]
     if textures is not None and str(textures) != BUILTIN_TEXTURES:
         textures = Path(textures)
 
@@ -210,10 +221,11 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     on_gpu = dev.type == "cuda"
     if batch_size is None:
         batch_size = 64 if on_gpu else CPU_DEFAULT_BATCH
-    model_config = get_config(config, backbone=backbone, residual=residual, msa_layers=msa_layers,
-                              prototype_match=match, match_pooling=match_pooling,
-                              match_pooling_border=match_pooling_border, residual_prior=prior,
-                              prior_scales=prior_scales)
+    given = dict(backbone=backbone, residual=residual, msa_layers=msa_layers, prototype_match=match,
+                 match_pooling=match_pooling, match_pooling_border=match_pooling_border, residual_prior=prior,
+                 prior_scales=prior_scales, map_smoothing=map_smoothing)
+    model_config = get_config(config, **{**default_sets.MODEL[defaults],
+                                         **{k: v for k, v in given.items() if v is not None}})
     synthesis = SynthesisConfig(use_ea=not no_ea, use_sa=not no_sa)
     progress = None if quiet or not dist_info.is_main else _tqdm_wrap
 
@@ -260,7 +272,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     if command is None:
         command = f"prn_edge.api.train(data={str(data)!r}, out={str(out)!r}, config={config!r}, ...)"
     trainer = Trainer(model, training_data, settings, synthesis, out, dev, dist_info, progress=not quiet,
-                      extra_metadata={"command": command, "budget": budget})
+                      extra_metadata={"command": command, "budget": budget, "defaults": defaults})
     started = time.perf_counter()
     try:
         path = trainer.run(resume=resume)

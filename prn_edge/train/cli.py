@@ -27,6 +27,7 @@ from prn_edge.config import (
     PROTOTYPE_MATCHES,
     RESIDUAL_MODES,
 )
+from prn_edge.defaults import DEFAULT_SET, DEFAULT_SETS
 from prn_edge.train.api import (
     CPU_DEFAULT_BATCH,
     CPU_DEFAULT_MINUTES,
@@ -55,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path, help="category folder (train/good, test/<type>, ground_truth)")
     p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint.pt, train_state.pt, snapshots/)")
-    p.add_argument("--config", choices=sorted(PRESETS), default="paper", help="model preset (default: paper)")
+    p.add_argument("--config", choices=sorted(PRESETS), default="paper",
+                   help="model preset: the architecture's size (default: paper, ResNet-18; edge: Lite0)")
+    p.add_argument("--defaults", choices=DEFAULT_SETS, default=DEFAULT_SET,
+                   help="where every option below that is not given takes its value: measured (default: patch "
+                        "match, 3x3 pooling, residual prior over scales 2,3, map smoothing 4, lr 2e-5 cosine, "
+                        "best validated step, built-in textures; measured to beat PatchCore beyond "
+                        "aligned objects, docs/model.md) or paper (PRN as published)")
     p.add_argument("--backbone", choices=BACKBONE_NAMES, default=None, help="override the preset's backbone")
     p.add_argument("--backbone-weights", type=Path, default=None,
                    help="ResNet-18 state dict (torchvision layout); default: the torch hub cache")
@@ -77,19 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-scales", default=None, metavar="S1,S2",
                    help="override the scales whose residuals form the prior (1 = stride 4, 2 = stride 8, "
                         "3 = stride 16), e.g. 2,3")
+    p.add_argument("--map-smoothing", type=bounded_float("a sigma", 0), default=None, metavar="SIGMA",
+                   help="override the Gaussian blur of the anomaly map, sigma in pixels at the model's image size "
+                        "(0 = none), applied before the image score; 4 = PatchCore's smoothing")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None, help="train for N optimiser steps")
     budget.add_argument("--minutes", type=bounded_float("minutes", 0, low_open=True), default=None, help="train for M minutes of wall clock")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"images per step and process, a multiple of 4 (default: 64 on GPU, {CPU_DEFAULT_BATCH} on CPU)")
-    p.add_argument("--lr", type=bounded_float("a learning rate", 0, low_open=True), default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                   help="constant: --lr throughout (default, the paper's); cosine: from --lr down to 5%% of it "
-                        "over the budget")
-    p.add_argument("--select-best", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--lr", type=bounded_float("a learning rate", 0, low_open=True), default=None,
+                   help="Adam learning rate (default: 2e-5 with --defaults measured, 1e-4 with paper)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="constant: --lr throughout (paper); cosine: from --lr down to 5%% of it over the budget "
+                        "(default with --defaults measured)")
+    p.add_argument("--select-best", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the training step that scores best on the held-out normal images and their "
-                        "synthesized anomalous copies (never the test set), validated 10 times over the budget; "
-                        "default: the final step")
+                        "synthesized anomalous copies (never the test set), validated 10 times over the budget "
+                        "(default with --defaults measured); --no-select-best keeps the final step (paper)")
     p.add_argument("--weight-decay", type=bounded_float("a weight decay", 0), default=1e-2, help="Adam weight decay (default 1e-2)")
     p.add_argument("--seed", type=seed_number, default=0, help="seed of splits, prototypes, synthesis (default 0)")
     p.add_argument("--seen", type=non_negative_int, default=10, help="seen anomalies drawn from test/ (default 10)")
@@ -99,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threshold = this quantile of the held-out normal scores (default 1.0: their maximum)")
     p.add_argument("--textures", default=None, metavar="DIR|builtin",
                    help="texture source for heterologous anomalies: a DTD folder, or 'builtin' (crops of the "
-                        "CC0 photos scikit-image ships; nothing to download); default: a 'dtd' folder near "
-                        "--data, else none (all simulated anomalies homologous)")
+                        "CC0 photos scikit-image ships; nothing to download); default: builtin (--defaults "
+                        "paper: a 'dtd' folder near --data, else none, all simulated anomalies homologous)")
     p.add_argument("--foreground", choices=FOREGROUNDS, default="auto",
                    help="where simulated anomalies may go: object (the object found in each image), texture "
                         "(everywhere) or auto (texture for the MVTec textures and magnetic tile, else object)")
@@ -133,7 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     result = train(args.data, args.out, config=args.config, backbone=args.backbone,
                    backbone_weights=args.backbone_weights, residual=args.residual, msa_layers=args.msa_layers,
                    match=args.match, match_pooling=args.match_pooling,
-                   match_pooling_border=args.match_pooling_border, prior=args.prior, prior_scales=args.prior_scales, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                   match_pooling_border=args.match_pooling_border, prior=args.prior, prior_scales=args.prior_scales,
+                   map_smoothing=args.map_smoothing, defaults=args.defaults, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                    lr_schedule=args.lr_schedule, select_best=args.select_best, weight_decay=args.weight_decay, seed=args.seed, seen=args.seen,
                    calibration_fraction=args.calibration_fraction, threshold_quantile=args.threshold_quantile,
                    textures=args.textures, foreground=args.foreground, no_ea=args.no_ea, no_sa=args.no_sa,

@@ -62,7 +62,7 @@ class TrainSettings:
     snapshot_steps: tuple[int, ...] = ()
     threshold_quantile: float = 1.0
     log_every: int = 10
-    lr_schedule: str = "constant"     # issue 13: cosine and select_best are built, not yet measured as defaults
+    lr_schedule: str = "constant"     # the paper's; prn-train's measured defaults (prn_edge.defaults) say cosine
     select_best: bool = False
     validations: int = 10
 
