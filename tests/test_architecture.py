@@ -15,7 +15,7 @@ from conftest import REPO
 LAYERS = [
     ("errors",),
     ("validate",),
-    ("prn_edge", "io", "cli", "config", "provenance"),      # "prn_edge": the package's __init__
+    ("prn_edge", "io", "cli", "config", "defaults", "provenance"),      # "prn_edge": the package's __init__
     ("contract", "imaging"),
     ("model", "kernels"),
     ("data", "checkpoint"),
