@@ -65,7 +65,7 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
 	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration \
 	results-prototype-diagnosis results-match-ablation results-match-ablation-20min results-serving \
-	results-cpu-profile results-map-smoothing
+	results-cpu-profile results-map-smoothing results-cpu
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -139,7 +139,7 @@ results-match-ablation: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install     
 # The issue's budget: 20 minutes per run on 2 cores, two seeds; ~25 min per run with its evaluation.
 results-match-ablation-20min: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install
 	$(PY) benchmarks/match_ablation.py --minutes 20 --seed 0,1 --threads $(THREADS) --name match_ablation_20min \
-		--variants patch+prior+pool3+s23,patch+prior+pool3+s23+cosine+select,patch+prior+pool3+s23+cosine+select+builtin,patch+prior+pool3+s23+cosine+select+builtin+lr2e-5 \
+		--variants patch+prior+pool3+s23,patch+prior+pool3+s23+cosine+select,patch+prior+pool3+s23+cosine+select+builtin,patch+prior+pool3+s23+cosine+select+builtin+lr2e-5,measured,measured+separable \
 		--data $(ISSUE13_SETS) --runs $(RUNS)/match_ablation --results $(RESULTS) --reuse
 
 # The anomaly map's Gaussian blur at sigma 0-8 on those 20-minute checkpoints (no training; ~3 min per set).
@@ -153,6 +153,15 @@ results-map-smoothing: install
 CPU_PROFILE_CKPT := $(RUNS)/match_ablation/bottle-patch+prior+pool3+s23+cosine+select+builtin-s0-m20/checkpoint.pt
 results-cpu-profile: install
 	$(PY) benchmarks/cpu_profile.py --checkpoint "$(CPU_PROFILE_CKPT)" --threads $(THREADS) --results $(RESULTS)
+
+# Issue 16, item 5: the CPU deployment end to end (prn-export --cpu-int8, then prn-bench's CPU rows with a
+# profile) for the 20-minute bottle models of results-match-ablation-20min with the measured defaults, with
+# the paper's conv3x3 MSA blocks and with separable ones; ~30 min.
+CPU_MODELS := conv3x3=$(RUNS)/match_ablation/bottle-measured-s1-m20/checkpoint.pt \
+	separable=$(RUNS)/match_ablation/bottle-measured+separable-s0-m20/checkpoint.pt
+results-cpu: install
+	$(PY) benchmarks/cpu.py $(foreach m,$(CPU_MODELS),--model "$(m)") --threads $(THREADS) --runs $(RUNS)/cpu \
+		--results $(RESULTS)
 
 # Issue 15: many cameras, one Triton server. The demo's model (~3 min to train), exported in FP32 (~1 min),
 # served by prn-serve from the serving environment; then ~8 min of interleaved runs.

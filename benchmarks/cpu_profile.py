@@ -83,7 +83,9 @@ def profile(path: Path, image: np.ndarray, threads: int, runs: int, parts: dict[
             "parts": [{"part": k, "share": v / total, "ms": v / runs / 1e3} for k, v in totals.most_common()]}
 
 
-def latency(paths: dict[str, Path], image: np.ndarray, threads: int, rounds: int) -> dict[str, dict]:
+def latency(paths: dict[str, Path], image: np.ndarray, threads: int, rounds: int,
+            base: str = "FP32") -> dict[str, dict]:
+    """Batch-1 latency of each ONNX file, interleaved; speed-up = median of per-round ratios to ``base``."""
     import onnxruntime as ort
 
     sessions = {}
@@ -101,8 +103,8 @@ def latency(paths: dict[str, Path], image: np.ndarray, threads: int, rounds: int
             for _ in range(3):
                 s.run(None, {name: image})
             samples[key].append((time.perf_counter() - start) / 3 * 1e3)
-    base = np.array(samples["FP32"])
-    return {k: {"median_ms": float(np.median(v)), "speedup": float(np.median(base / np.array(v)))}
+    reference = np.array(samples[base])
+    return {k: {"median_ms": float(np.median(v)), "speedup": float(np.median(reference / np.array(v)))}
             for k, v in samples.items()}
 
 

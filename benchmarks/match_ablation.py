@@ -58,6 +58,8 @@ VARIANTS = {
                                                            "textures": "builtin", "lr": 2e-5},
     # prn-train's own defaults (prn_edge/defaults.py): the variant above with the map blurred at sigma 4
     "measured": {"defaults": "measured"},
+    # the same with depthwise-separable MSA blocks (issue 16: the edge model's heaviest convolutions on a CPU)
+    "measured+separable": {"defaults": "measured", "msa_block": "separable"},
 }
 METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
 
@@ -106,7 +108,8 @@ def render(rows: list[dict], steps: int, origin: dict, minutes: float | None = N
              f"(EfficientNet-Lite0), {trained} at batch 8, seed {seed} (per row), every other option as PRN was published "
              "(`--defaults paper`: Adam at a constant 1e-4, no DTD folder beside the variation sets), except `measured`: "
              "prn-train's own defaults (`--defaults measured`), which are the `...+lr2e-5` variant with the map blurred "
-             "at sigma 4 (`map_smoothing.md` adds that blur to the seed-0 checkpoints). Final checkpoints (`select`: the step that scored best on the held-out normal images and "
+             "at sigma 4 (`map_smoothing.md` adds that blur to the seed-0 checkpoints), and `measured+separable`: the same "
+             "with depthwise-separable MSA blocks (`--msa-block separable`, issue 16). Final checkpoints (`select`: the step that scored best on the held-out normal images and "
              "their synthesized anomalies; `builtin`: `--textures builtin`, crops of the bundled photos as the simulated "
              "anomalies' textures; `lr2e-5`: Adam at 2e-5 instead of 1e-4); each run's 10 seen anomalies left out, PatchCore scored on "
              "the same images. Metrics in percent: image AUROC / pixel AUROC / PRO@0.3 / AP. A run found on disk "

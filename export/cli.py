@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "parts are kept in float, and if that fails too the report names them")
     p.add_argument("--cpu-int8", action="store_true",
                    help="also write the CPU flavour model.int8.cpu.onnx: INT8 with U8 activations, the form ONNX "
-                        "Runtime's x86 kernels run fast (TensorRT cannot use it), under the same gate as --int8; "
+                        "Runtime's x86 kernels run fast (TensorRT cannot use it), under the --int8 gate with AP gated too "
+                        "(every metric within --tolerance); "
                         "kept only if the export's own timing shows it at least 1.15x faster than the FP32 ONNX "
                         "on this CPU, and then what --backend auto runs on a CPU")
     p.add_argument("--engine", action="store_true",

@@ -35,20 +35,28 @@ from prn_edge.export.int8 import DEFAULT_CALIBRATION_METHOD, check_calibration_m
 
 GATED = ("image_auroc", "pixel_auroc", "pro")
 METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
+# The CPU flavour answers to every metric (issue 16: "within 0.5 points of FP32 on every metric"). AP is the
+# one INT8 noise moves most: it pools every pixel of every image, so a decoder whose logits shift by a
+# quantization step reorders normal pixels against defective ones across images (measured on the bottle model:
+# U8 with the matched features in float kept PRO within 0.4 points and lost 6.7 points of AP).
+CPU_GATED = METRICS
 DEFAULT_TOLERANCE = 0.5          # points: the issue's INT8 accuracy gate
 # The CPU flavour (U8 activations) is kept only when it is at least this much faster than the FP32 ONNX in the
 # export's own interleaved timing: below that, run-to-run noise on a loaded 2-core machine could make the choice.
 CPU_INT8_MIN_SPEEDUP = 1.15
 CPU_INT8_KEY = "int8-cpu"        # the CPU flavour's row in the latency table
+LATENCY_MAX_S = 600.0            # the latency table's rounds stop on their count; this only guards a hang
 # FP32 ONNX vs PyTorch (fp32_parity): |map difference| <= PARITY_MAP_TOL on all but PARITY_PIXEL_FRACTION of
 # the pixels, and nowhere above PARITY_MAP_MAX. Where two prototypes lie equally near a feature to within FP32
 # rounding, ONNX Runtime's GEMM and PyTorch's (different summation orders) may pick different ones; both are
 # right, and the map then differs in that one cell of the grid. Measured on a patch-matched bottle model
 # (1024 prototype vectors per scale): 2 of 83 test images, 871 of 5.4M pixels (0.016 %) beyond 1e-4, at most
 # 3.6e-3, each in one 32x32 patch; float32 GEMM itself disagrees with float64 on 0.13 % of the scale-2 matches.
-# An export bug moves most pixels.
+# The map's blur (map_smoothing, sigma 4) spreads such a patch over about (32 + 6 sigma)^2 pixels, 3x as many:
+# a blurred, separable-block bottle model had 2 of 83 images and 0.17 % of the pixels beyond 1e-4 (at most
+# 2.5e-3; the median image's largest difference 5e-6). An export bug moves most pixels of every image.
 PARITY_MAP_TOL = 1e-4
-PARITY_PIXEL_FRACTION = 1e-3
+PARITY_PIXEL_FRACTION = 5e-3
 PARITY_MAP_MAX = 0.05
 
 
@@ -275,7 +283,7 @@ def _export(options: ExportOptions, prep: _Prepared, staging: Path, say) -> tupl
     if options.cpu_int8:
         say("the CPU flavour: INT8 with U8 activations (ONNX Runtime's fast x86 form)")
         cpu_report, ok = _int8(options, prep, paths["fp32"], layout.cpu_int8, evaluation,
-                               report["precisions"]["fp32"], say, activations="u8")
+                               report["precisions"]["fp32"], say, activations="u8", gated=CPU_GATED)
         report["cpu_int8"] = cpu_report
         if ok:
             cpu_int8 = layout.cpu_int8
@@ -412,12 +420,14 @@ def _metrics_dict(result) -> dict[str, float]:
 
 
 def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Path, evaluation: _Evaluation,
-          reference: dict[str, Any], say, activations: str = "s8") -> tuple[dict[str, Any], bool]:
+          reference: dict[str, Any], say, activations: str = "s8",
+          gated: tuple[str, ...] = GATED) -> tuple[dict[str, Any], bool]:
     """Quantize; if the gate fails, rank the conv groups and keep the worst in float until it holds.
 
     ``reference`` holds the FP32 ONNX's metrics: the gate compares like with like (same runtime).
     Calibrates once: the ranges do not depend on what stays in float. ``activations``: ``s8``
-    (model.int8.onnx, the TensorRT form) or ``u8`` (the CPU flavour).
+    (model.int8.onnx, the TensorRT form) or ``u8`` (the CPU flavour); ``gated``: the metrics held to
+    the tolerance (:data:`GATED`, or :data:`CPU_GATED` for the CPU flavour).
     """
     from prn_edge.export.int8 import (
         calibrate,
@@ -439,11 +449,11 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
         "calibration": {**calibration.record(), "images": len(prep.calibration), "seed": options.seed,
                         "source": str(options.calib) if options.calib else "checkpoint's train/good",
                         "files": prep.calibration_files},
-        "tolerance_points": options.tolerance, "gated": list(GATED), "keep_float": [], "trials": 0,
+        "tolerance_points": options.tolerance, "gated": list(gated), "keep_float": [], "trials": 0,
     }
 
     scored = getattr(evaluation, "reference", None)   # the PyTorch model's evaluation: which images are defective
-    warning = gate_warning(scored.labels, reference, GATED, options.tolerance) if scored is not None else None
+    warning = gate_warning(scored.labels, reference, gated, options.tolerance) if scored is not None else None
     if warning:
         record["warning"] = warning
         say(f"warning: {warning}")
@@ -459,7 +469,7 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     input_side = input_side_limit(groups, matched_feature_convs(graph))
     record["input_side_groups"] = [g.name for g in groups[:input_side]]
     budget_s = None if options.int8_budget is None else 60.0 * options.int8_budget
-    outcome = search_keep_float(groups, trial, reference, GATED, options.tolerance, progress=say, budget_s=budget_s,
+    outcome = search_keep_float(groups, trial, reference, gated, options.tolerance, progress=say, budget_s=budget_s,
                                 prefix_limit=input_side)
     record["budget_minutes"] = options.int8_budget
     record["stopped_by_budget"] = outcome.stopped_by_budget
@@ -468,7 +478,7 @@ def _int8(options: ExportOptions, prep: _Prepared, fp32_path: Path, out_path: Pa
     record["all_int8_worst_drop_points"] = round(outcome.all_int8_drop, 3)
     record["all_int8_delta_points"] = {k: round(100 * (outcome.all_int8[k] - reference[k]), 3) for k in METRICS}
     record["sensitivity"] = [{"group": s.group.name, "convs": len(s.group.nodes),
-                              "worst_drop_points_with_group_in_float": round(s.worst_drop, 3)}
+                              "worst_drop_points_alone_in_int8": round(s.worst_drop, 3)}
                              for s in outcome.ranked]
     record["keep_float"] = [{"group": g.name, "nodes": list(g.nodes), "modules": list(g.modules)}
                             for g in outcome.kept]
@@ -560,8 +570,10 @@ def measure_latency(predictor, onnx_paths: dict[str, Path], threads: int, rounds
     for precision, path in onnx_paths.items():
         engines.append((f"onnxruntime-cpu:{precision}",
                         lambda path=path: OnnxRuntimeEngine(path, threads=threads)))
+    # One call per engine and round, ``rounds`` rounds: the run stops on its sample count (max_s only guards a
+    # hang); with the harness's default cap of 4 x duration_s it stopped after the first round.
     settings = BenchSettings(batches=(batch,), warmup_s=0.0, duration_s=1e-3, round_s=1e-6, min_samples=rounds,
-                             frame_hw=(size, size), reference=reference, require_threshold=False)
+                             max_s=LATENCY_MAX_S, frame_hw=(size, size), reference=reference, require_threshold=False)
     run = run_benchmark(engines, settings)
     compute = {key: [1e3 * t for t in run.cell(key, batch).samples["compute"]] for key, _ in engines}
     med = {key: float(np.median(t)) for key, t in compute.items()}

@@ -14,6 +14,7 @@ from prn_edge.errors import PRNError
 BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
 RESIDUAL_MODES = ("abs", "square")
 PROTOTYPE_MATCHES = ("image", "patch")
+MSA_BLOCKS = ("conv3x3", "separable")   # the first convolution of an MSA residual block
 POOLING_BORDERS = ("zeros", "inside")
 
 
@@ -58,6 +59,13 @@ class PRNConfig:
             model then scores like a nearest-prototype detector; training only has to improve it.
         share_fusion_weights: one MF module for features and residuals instead of two.
         msa_layers: multi-size attention layers per scale (paper 3, edge 1).
+        msa_block: the first convolution of each MSA layer's residual block (4c -> c channels):
+            ``conv3x3`` (the paper) or ``separable`` (depthwise 3x3 then pointwise 1x1, about 1/8.5
+            of the multiply-adds; the edge model's heaviest convolutions on a CPU: 5.6 -> 3.7 GFLOPs).
+            Not a default: with the measured defaults at 20 minutes (seed 0) it cost bottle 1.3 points
+            of PRO and 3.3 of AP and magnetic tile 1.3 of image AUROC and 0.9 of AP
+            (benchmarks/results/match_ablation_20min.md against the conv3x3 run blurred in map_smoothing.md),
+            beyond the 0.5-point gate of issue 16.
         decoder_resolution: side at which the decoder predicts logits. ``image_size`` is the
             paper's decoder (x4 upsampling, then two convolutions at full size); a smaller value
             (edge: 64) predicts there and upsamples the logits bilinearly.
@@ -86,6 +94,7 @@ class PRNConfig:
     prior_scales: tuple[int, ...] = (1, 2, 3)
     share_fusion_weights: bool = False
     msa_layers: int = 3
+    msa_block: str = "conv3x3"
     decoder_resolution: int = 256
     decoder_channels: tuple[int, int, int] | None = None
     head_channels: int = 32
@@ -129,6 +138,8 @@ class PRNConfig:
             raise PRNError(f"prototype_ratio must be in (0, 1], got {self.prototype_ratio}")
         if self.kmeans_iterations < 1:
             raise PRNError(f"kmeans_iterations must be >= 1, got {self.kmeans_iterations}")
+        if self.msa_block not in MSA_BLOCKS:
+            raise PRNError(f"unknown msa_block {self.msa_block!r}: choose one of {', '.join(MSA_BLOCKS)}")
         if self.msa_layers < 0:
             raise PRNError(f"msa_layers must be >= 0, got {self.msa_layers}")
         stride1 = self.image_size // 4

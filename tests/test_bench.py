@@ -18,6 +18,7 @@ from prn_edge.bench import report as report_mod
 from prn_edge.bench.cli import main as bench_main
 from prn_edge.bench.harness import BenchSettings, run_benchmark
 from prn_edge.bench.stats import instability, latency_stats, paired_ratio
+from prn_edge.errors import PRNError
 
 SIZE = 32
 
@@ -143,6 +144,19 @@ def test_interleaving_rotates_round_robin_and_times_are_exact():
     assert ratios[("fast:int8", 1)]["paired"] == pytest.approx(2.0)
     assert ratios[("fast:int8", 4)]["compute"] == pytest.approx(2.0)
     assert ratios[("slow:fp32", 1)]["paired"] == pytest.approx(1.0)
+
+
+def test_a_run_sized_by_its_sample_count_is_not_cut_at_four_durations():
+    """prn-export's latency table: one call per visit, a tiny duration and ``min_samples`` rounds. The
+    default cap (4 x duration) stopped that after one round; ``max_s`` lets the count decide."""
+    costs = {"slow:fp32": lambda b: 0.08, "fast:int8": lambda b: 0.05}
+    short = dict(batches=(1,), warmup_s=0.0, duration_s=1e-3, round_s=1e-6, min_samples=15, reference="slow:fp32")
+    run, _ = fake_run(costs, BenchSettings(**short))
+    assert run.rounds == 1                                  # the old behaviour, still the default
+    run, _ = fake_run(costs, BenchSettings(**short, max_s=600.0))
+    assert run.rounds == 15 and all(c.n == 15 for c in run.cells)
+    with pytest.raises(PRNError, match="max_s"):
+        BenchSettings(**short, max_s=1e-4).validate()
 
 
 def test_summary_stats_are_numpy_on_the_recorded_samples():

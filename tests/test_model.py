@@ -353,3 +353,35 @@ def test_config_presets_and_validation():
     with pytest.raises(PRNError, match="unknown config"):
         get_config("huge")
     assert type(paper).from_dict(paper.to_dict()) == paper
+
+
+def test_separable_msa_block_keeps_every_shape_and_cuts_the_flops():
+    """``msa_block="separable"``: the MSA residual block's first convolution becomes depthwise 3x3 then
+    pointwise 1x1; every stage keeps its shape, the model loses most of that convolution's multiply-adds,
+    and a checkpoint written before the field existed keeps the paper's conv3x3."""
+    from prn_edge.model.summary import summarize
+
+    with pytest.raises(PRNError, match="msa_block"):
+        get_config("edge", msa_block="dilated")
+    old = get_config("edge").to_dict()
+    del old["msa_block"]
+    assert PRNConfig.from_dict(old).msa_block == "conv3x3"
+    models = {}
+    for block in ("conv3x3", "separable"):
+        torch.manual_seed(0)
+        models[block] = PRN(get_config("edge", msa_block=block),
+                            backbone=build_backbone("efficientnet_lite0", weights="none")).eval()
+        for bank in models[block].banks:
+            bank.set(torch.rand(2, bank.dim))
+    for layers in models["separable"].attention:
+        first = layers[0].block.body[0]
+        c4 = layers[0].block.shortcut.in_channels
+        assert first[0].groups == c4 == first[0].in_channels == first[0].out_channels
+        assert first[0].kernel_size == (3, 3) and first[1].kernel_size == (1, 1)
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        stages = {k: m.stages(x) for k, m in models.items()}
+    assert {k: v.shape for k, v in stages["conv3x3"].items()} == {k: v.shape for k, v in stages["separable"].items()}
+    gflops = {k: summarize(m, 2).gflops_by_part["MSA stacks"] for k, m in models.items()}
+    # The three 4c -> c conv3x3 of the edge model are 2.08 GFLOPs; separable they are 0.25.
+    assert gflops["conv3x3"] - gflops["separable"] > 1.7, gflops

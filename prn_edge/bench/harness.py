@@ -63,6 +63,7 @@ class BenchSettings:
         duration_s: measured seconds of the interleaved rounds (all cells together).
         round_s: seconds of one visit to a cell (at least one iteration).
         min_samples: iterations every cell needs before the run may stop.
+        max_s: the hard stop of the rounds, even short of ``min_samples`` (None: 4 x ``duration_s``).
         frame_hw: the camera frame (height, width) that preprocessing resizes.
         resize: resize policy (``stretch``, ``center-crop``, ``letterbox``).
         reference: key of the engine that ratios refer to (``torch:fp32``); None or absent:
@@ -79,6 +80,7 @@ class BenchSettings:
     duration_s: float = 20.0
     round_s: float = 0.3
     min_samples: int = MIN_SAMPLES
+    max_s: float | None = None
     frame_hw: tuple[int, int] = (720, 1280)
     resize: str = "stretch"
     reference: str | None = "torch:fp32"
@@ -95,6 +97,8 @@ class BenchSettings:
             raise PRNError("--warmup must be >= 0 and --duration > 0 seconds")
         if self.min_samples < 1:
             raise PRNError(f"min_samples must be >= 1, got {self.min_samples}")
+        if self.max_s is not None and self.max_s < self.duration_s:
+            raise PRNError(f"max_s ({self.max_s}) must be >= duration_s ({self.duration_s})")
         h, w = self.frame_hw
         if h < 16 or w < 16:
             raise PRNError(f"camera frame must be at least 16x16, got {w}x{h} (--frame WxH)")
@@ -336,7 +340,8 @@ def run_benchmark(engines: Sequence[tuple[str, Callable[[], Any]]], settings: Be
             rounds += 1
             spent = clock() - started
             enough = all(c.n >= settings.min_samples for c in cells)
-            if (spent >= settings.duration_s and enough) or spent >= 4 * settings.duration_s:
+            cap = 4 * settings.duration_s if settings.max_s is None else settings.max_s
+            if (spent >= settings.duration_s and enough) or spent >= cap:
                 break
             if rounds % max(1, len(cells)) == 0:
                 say(f"  {rounds} rounds, {spent:.0f} s")

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from prn_edge.cli import ArgumentParser, run_cli
-from prn_edge.config import BACKBONE_NAMES, PRESETS, RESIDUAL_MODES, get_config
+from prn_edge.config import BACKBONE_NAMES, MSA_BLOCKS, PRESETS, RESIDUAL_MODES, get_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", choices=BACKBONE_NAMES, default=None,
                         help="override the preset's backbone")
     parser.add_argument("--msa-layers", type=int, default=None, help="override MSA layers per scale")
+    parser.add_argument("--msa-block", choices=MSA_BLOCKS, default=None,
+                        help="override the MSA residual block's first convolution (conv3x3 | separable)")
     parser.add_argument("--residual", choices=RESIDUAL_MODES, default=None, help="override the residual")
     parser.add_argument("--k", type=int, default=21,
                         help="prototypes per scale for the bank size (default 21: MVTec bottle's 209 "
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.k < 1 or args.batch < 1:
             raise PRNError("--k and --batch must be >= 1")
         config = get_config(args.config, backbone=args.backbone, msa_layers=args.msa_layers,
-                            residual=args.residual)
+                            msa_block=args.msa_block, residual=args.residual)
         model = PRN(config, backbone=build_backbone(config.backbone, weights="none"))
         summary = summarize(model, k=args.k, batch=args.batch)
         print(summary.format())

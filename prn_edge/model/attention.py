@@ -6,11 +6,16 @@ p x p patches, a patch flattened into one token of dimension d = c * p * p; then
 ``softmax(Q K^T / d) V`` (1/d, not 1/sqrt(d): at these token sizes 1/sqrt(d) makes the
 softmax one-hot) is folded back to (c, H, W). The four heads are concatenated (4c
 channels) and a residual block maps them back to c channels.
+
+That block's first 3x3 convolution (4c -> c) is the most expensive operation of the edge model
+(benchmarks/results/cpu_profile.md); ``PRNConfig.msa_block = "separable"`` makes it depthwise-separable.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from prn_edge.config import MSA_BLOCKS
 
 NUM_HEADS = 4
 
@@ -73,13 +78,27 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-class ResidualBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus a 1x1-conv shortcut, then ReLU."""
+def separable_conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1: the same 3x3 reach as :func:`conv_bn_relu` at
+    (9 + c_out) / (9 * c_out) of its multiply-adds (1/8.5 for the 4c -> c of an MSA block)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
+                         nn.Conv2d(c_in, c_out, 1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
-    def __init__(self, c_in: int, c_out: int):
+
+class ResidualBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus a 1x1-conv shortcut, then ReLU.
+
+    ``first="separable"`` makes the first convolution depthwise-separable
+    (:func:`separable_conv_bn_relu`, ``PRNConfig.msa_block``).
+    """
+
+    def __init__(self, c_in: int, c_out: int, first: str = "conv3x3"):
         super().__init__()
+        if first not in MSA_BLOCKS:
+            raise ValueError(f"unknown first convolution {first!r}: choose one of {', '.join(MSA_BLOCKS)}")
         self.body = nn.Sequential(
-            conv_bn_relu(c_in, c_out),
+            (separable_conv_bn_relu if first == "separable" else conv_bn_relu)(c_in, c_out),
             nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
         self.shortcut = nn.Conv2d(c_in, c_out, 1)
         self.relu = nn.ReLU(inplace=True)
@@ -91,13 +110,13 @@ class ResidualBlock(nn.Module):
 class MSALayer(nn.Module):
     """One multi-size attention layer: (B, c, H, W) -> (B, c, H, W)."""
 
-    def __init__(self, channels: int, num_heads: int = NUM_HEADS):
+    def __init__(self, channels: int, num_heads: int = NUM_HEADS, block: str = "conv3x3"):
         super().__init__()
         self.num_heads = num_heads
         # One 1x1 conv computes Q, K, V of every head: the per-head 1x1 embeddings of
         # docs/model.md, stacked along the output channels.
         self.qkv = nn.Conv2d(channels, 3 * num_heads * channels, kernel_size=1)
-        self.block = ResidualBlock(num_heads * channels, channels)
+        self.block = ResidualBlock(num_heads * channels, channels, first=block)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.block(multi_size_attention(self.qkv(x), self.num_heads))

@@ -110,7 +110,8 @@ class PRN(nn.Module):
         self.fuse_residuals = self.fuse_features if config.share_fusion_weights else MultiScaleFusion(channels)
         cat_channels = tuple(2 * c for c in channels)               # Cat_j = [MF(F)_j, MF(R)_j]
         self.attention = nn.ModuleList(
-            nn.Sequential(*(MSALayer(c) for _ in range(config.msa_layers))) for c in cat_channels)
+            nn.Sequential(*(MSALayer(c, block=config.msa_block) for _ in range(config.msa_layers)))
+            for c in cat_channels)
         self.fuse_attention = MultiScaleFusion(cat_channels)        # gives the skips T*_j
         self.decoder = Decoder(
             bottom_channels=self.encoder.channels[NUM_SCALES],

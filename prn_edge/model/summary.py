@@ -49,7 +49,7 @@ class ModelSummary:
         cfg = self.config
         lines = [f"PRN summary: config {cfg.preset}, backbone {cfg.backbone}, input {self.batch}x3x"
                  f"{cfg.image_size}x{cfg.image_size}, K={self.k} prototypes per scale, "
-                 f"{cfg.msa_layers} MSA layer(s) per scale, residual {cfg.residual}",
+                 f"{cfg.msa_layers} MSA layer(s) per scale ({cfg.msa_block} blocks), residual {cfg.residual}",
                  "", f"{'stage':<28} shape (C x H x W)"]
         for name, shape in self.stage_shapes.items():
             lines.append(f"{name:<28} {' x '.join(map(str, shape[1:])) if len(shape) > 1 else 'one value per image'}")

@@ -113,7 +113,7 @@ def _check_choice(flag: str, value, choices) -> None:
 
 def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "paper", backbone: str | None = None,
           backbone_weights: str | os.PathLike | None = None, residual: str | None = None,
-          msa_layers: int | None = None, match: str | None = None, match_pooling: int | None = None,
+          msa_layers: int | None = None, msa_block: str | None = None, match: str | None = None, match_pooling: int | None = None,
           match_pooling_border: str | None = None, prior: bool | None = None,
           prior_scales: str | Iterable[int] | None = None, map_smoothing: float | None = None,
           steps: int | None = None, minutes: float | None = None, batch_size: int | None = None,
@@ -151,6 +151,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     from prn_edge import defaults as default_sets
     from prn_edge.config import (
         BACKBONE_NAMES,
+        MSA_BLOCKS,
         POOLING_BORDERS,
         PRESETS,
         PROTOTYPE_MATCHES,
@@ -165,6 +166,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     _check_choice("--config", config, sorted(PRESETS))
     _check_choice("--backbone", backbone, BACKBONE_NAMES)
     _check_choice("--residual", residual, RESIDUAL_MODES)
+    _check_choice("--msa-block", msa_block, MSA_BLOCKS)
     _check_choice("--match", match, PROTOTYPE_MATCHES)
     _check_choice("--match-pooling-border", match_pooling_border, POOLING_BORDERS)
     prior_scales = _prior_scales(prior_scales)
@@ -221,7 +223,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
     on_gpu = dev.type == "cuda"
     if batch_size is None:
         batch_size = 64 if on_gpu else CPU_DEFAULT_BATCH
-    given = dict(backbone=backbone, residual=residual, msa_layers=msa_layers, prototype_match=match,
+    given = dict(backbone=backbone, residual=residual, msa_layers=msa_layers, msa_block=msa_block, prototype_match=match,
                  match_pooling=match_pooling, match_pooling_border=match_pooling_border, residual_prior=prior,
                  prior_scales=prior_scales, map_smoothing=map_smoothing)
     model_config = get_config(config, **{**default_sets.MODEL[defaults],
