@@ -156,7 +156,7 @@ results-cpu-profile: install
 
 # Issue 16, item 5: the CPU deployment end to end (prn-export --cpu-int8, then prn-bench's CPU rows with a
 # profile) for the 20-minute bottle models of results-match-ablation-20min with the measured defaults, with
-# the paper's conv3x3 MSA blocks and with separable ones; ~30 min.
+# the paper's conv3x3 MSA blocks (seed 1) and with separable ones (seed 0: the seeds that were run); ~30 min.
 CPU_MODELS := conv3x3=$(RUNS)/match_ablation/bottle-measured-s1-m20/checkpoint.pt \
 	separable=$(RUNS)/match_ablation/bottle-measured+separable-s0-m20/checkpoint.pt
 results-cpu: install

@@ -97,7 +97,7 @@ def measure(name: str, checkpoint: Path, data: Path, methods, args, say) -> dict
 
     inputs = {"checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(data).resolve()),
               "methods": [list(m) for m in methods], "calib_count": args.calib_count, "tolerance": args.tolerance,
-              "threads": args.threads}
+              "threads": args.threads, "search": "own-cost ranking"}   # the search changed: older runs are redone
     kept = args.work / name / "int8_calibration.json"
     if kept.is_file() and (previous := json.loads(kept.read_text())).get("inputs") == inputs:
         say(f"{name}: reusing {kept} (delete it to measure again)")
@@ -178,7 +178,7 @@ def render(models: list[dict], command: str, args, origin, chosen: dict) -> str:
         f"step with `--calib-method`: {args.calib_count} calibration images (train/good, seed 0), symmetric S8 "
         f"activations per tensor and per-channel S8 weights on every Conv (what TensorRT takes), the gate "
         f"{args.tolerance} points on image AUROC, pixel AUROC and PRO against the FP32 ONNX, the same gate "
-        "search (input side first, then by sensitivity). Percentile and entropy use ONNX Runtime's "
+        "search (input side first, then by each part's own cost). Percentile and entropy use ONNX Runtime's "
         f"calibrators on {HISTOGRAM_BINS}-bin histograms. Machine: {platform.machine()}, ONNX Runtime on the "
         f"CPU with {args.threads} thread(s).",
         "",

@@ -91,7 +91,7 @@ def export(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = Non
     Always writes ``OUT/model.onnx`` (FP32), its TensorRT variant and ``export_report.json/.md``;
     ``fp16`` / ``int8`` add those precisions (INT8 only if it keeps image AUROC, pixel AUROC and
     PRO within ``tolerance`` points of FP32), ``cpu_int8`` the CPU flavour ``model.int8.cpu.onnx``
-    (U8 activations; same gate, kept only if measured at least
+    (U8 activations; the same gate with AP gated too, kept only if measured at least
     :data:`~prn_edge.export.pipeline.CPU_INT8_MIN_SPEEDUP` x faster than FP32), ``engine`` a
     TensorRT engine per precision. The
     arguments are ``prn-export``'s flags, same defaults (``out`` defaults to ``export`` beside

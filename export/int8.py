@@ -426,7 +426,7 @@ class GateOutcome:
     metrics: dict[str, float]
     worst_drop: float
     kept: tuple[ConvGroup, ...]
-    ranked: tuple[Sensitivity, ...]   # empty when all-INT8 passed at once
+    ranked: tuple[Sensitivity, ...]   # costliest first; empty when no ranking ran (passed before it, or out of time)
     all_int8_drop: float              # worst drop with every convolution in INT8
     all_int8: dict[str, float] = field(default_factory=dict)   # that trial's metrics
     stopped_by_budget: bool = False   # the search ran out of time before the gate held
@@ -447,9 +447,10 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
     3. Otherwise rank every group by its own cost: the drop with that group alone in INT8 and
        everything else in float (one trial each), and keep the costliest in float, one more at a
        time. Ranking by what keeping one group in float recovers, with the rest in INT8, misses
-       a part whose error only shows once the others are clean: on the patch-matched bottle model
-       the decoder cost 2.4 points of AP in INT8 and ranked last that way, so the search kept
-       every other part in float and still failed (benchmarks/results/cpu.md).
+       a part whose error only shows once the others are clean: on the 20-minute bottle model (U8,
+       all four metrics gated) the decoder cost 2.4 points of AP in INT8 and ranked last that way,
+       so the search kept nine of ten parts in float and still failed; ranked by own cost it
+       passed with four (stem, early blocks, decoder stages and head; benchmarks/results/cpu.md).
 
     Stops at the first trial within ``tolerance`` points, or with all groups but one in float
     (beyond that the model is not INT8 any more), or when ``budget_s`` seconds have passed (no
@@ -457,15 +458,21 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
     and ``kept`` names the groups that cost the accuracy, in order of how much (``ranked`` has
     every group ranked so far; stopped by the budget, ``kept`` is what the last trial, whose
     metrics these are, kept in float). Each progress line says the trial's number and the time spent.
+    A set of float groups measured once (an input-side trial is often one of the later ones) is not
+    quantized and scored again.
     """
     start = clock()
     trials = 0
     last_kept: list[ConvGroup] = []   # what the trial behind ``metrics`` kept in float
+    measured: dict[frozenset[str], dict[str, float]] = {}
 
     def timed(keep: set[str]) -> dict[str, float]:
         nonlocal trials
-        trials += 1
-        return trial(keep)
+        key = frozenset(keep)
+        if key not in measured:
+            trials += 1
+            measured[key] = trial(keep)
+        return measured[key]
 
     def spent() -> str:
         used = (clock() - start) / 60
@@ -481,8 +488,11 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
 
     def attempt(kept: list[ConvGroup]) -> tuple[dict[str, float], float]:
         nonlocal last_kept
-        progress(f"INT8 trial {trials + 1} ({spent()}): {', '.join(g.name for g in kept)} in float")
-        result = timed({n for g in kept for n in g.nodes})
+        keep = {n for g in kept for n in g.nodes}
+        again = " (measured before)" if frozenset(keep) in measured else ""
+        progress(f"INT8 trial {trials + (0 if again else 1)}{again} ({spent()}): "
+                 f"{', '.join(g.name for g in kept)} in float")
+        result = timed(keep)
         last_kept = list(kept)
         return result, worst_drop(reference, result, gated)
 
@@ -512,7 +522,7 @@ def search_keep_float(groups: list[ConvGroup], trial: Callable[[set[str]], dict[
         ranked.append(Sensitivity(group, result, worst_drop(reference, result, gated)))
     ranked.sort(key=lambda r: r.worst_drop, reverse=True)
     kept: list[ConvGroup] = []
-    for s in ranked[:max(1, len(ranked) - 1)]:
+    for s in ranked[:len(ranked) - 1]:       # never every group: that would not be INT8
         if out_of_time():
             return stopped(ranked)
         kept.append(s.group)

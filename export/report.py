@@ -85,7 +85,8 @@ def _int8_section(title: str, int8: dict[str, Any], status: str, activations: st
         lines += ["", "Sensitivity (each part alone in INT8, the rest in float; costliest first):", "",
                   "| part of the network | convolutions | worst drop with it alone in INT8 (points) |",
                   "|---|---:|---:|"]
-        lines += [f"| {s['group']} | {s['convs']} | {_own_cost(s)} |" for s in int8["sensitivity"]]
+        lines += [f"| {s['group']} | {s['convs']} | {s['worst_drop_points_alone_in_int8']} |"
+                  for s in int8["sensitivity"]]
     if int8.get("keep_float"):
         kept = int8["keep_float"]
         lines += ["", f"Kept in float: {', '.join(g['group'] for g in kept)} "
@@ -125,9 +126,3 @@ def accuracy_table(report: dict[str, Any]) -> list[str]:
                      f"{decisions} |")
     return lines
 
-
-def _own_cost(sensitivity: dict) -> str:
-    # Reports written before the search ranked parts by their own cost hold the other measure.
-    if "worst_drop_points_alone_in_int8" in sensitivity:
-        return str(sensitivity["worst_drop_points_alone_in_int8"])
-    return f"{sensitivity['worst_drop_points_with_group_in_float']} (with it alone in float)"

@@ -60,12 +60,12 @@ class PRNConfig:
         share_fusion_weights: one MF module for features and residuals instead of two.
         msa_layers: multi-size attention layers per scale (paper 3, edge 1).
         msa_block: the first convolution of each MSA layer's residual block (4c -> c channels):
-            ``conv3x3`` (the paper) or ``separable`` (depthwise 3x3 then pointwise 1x1, about 1/8.5
+            ``conv3x3`` (the paper) or ``separable`` (depthwise 3x3 then pointwise 1x1, about 1/8
             of the multiply-adds; the edge model's heaviest convolutions on a CPU: 5.6 -> 3.7 GFLOPs).
             Not a default: with the measured defaults at 20 minutes (seed 0) it cost bottle 1.3 points
             of PRO and 3.3 of AP and magnetic tile 1.3 of image AUROC and 0.9 of AP
             (benchmarks/results/match_ablation_20min.md against the conv3x3 run blurred in map_smoothing.md),
-            beyond the 0.5-point gate of issue 16.
+            beyond the 0.5-point gate of issue 16; one seed, and bottle's seed-to-seed spread is wider.
         decoder_resolution: side at which the decoder predicts logits. ``image_size`` is the
             paper's decoder (x4 upsampling, then two convolutions at full size); a smaller value
             (edge: 64) predicts there and upsamples the logits bilinearly.

@@ -117,7 +117,13 @@ def test_gate_fails_and_names_the_groups_when_float_everywhere_but_one_is_needed
     assert len(out.kept) == 2                        # never all groups: that would not be INT8
     assert len(out.ranked) == 3
     assert out.worst_drop == pytest.approx(2.0)
-    assert len(trials.calls) == 1 + 2 + 3 + 2
+    # 1 all-INT8 + 2 input-side + 3 own-cost + 2 cumulative, of which c's own cost ({a, b} in float) and both
+    # cumulative trials ({a}, {a, b}) were measured before: each set of float groups is scored once.
+    assert len(trials.calls) == 5 and len({frozenset(c) for c in trials.calls}) == 5
+    # One group: keeping it in float would not be INT8, so there is nothing to search.
+    single = FakeTrials({"a": 2.0})
+    out = search_keep_float(groups("a"), single, REF, GATED, 0.5, progress=lambda s: None)
+    assert not out.passed and out.kept == () and single.calls == [set()]
 
 
 class Clock:
@@ -133,10 +139,10 @@ class Clock:
 @pytest.mark.parametrize("budget_trials, expect_calls, expect_ranked, expect_kept", [
     (1, 1, 0, []),                  # out of time after the all-INT8 trial: it always runs, nothing after it
     (2, 2, 0, ["stem"]),            # one input-side trial, then out of time before the second
-    (5, 5, 2, ["stem", "early"]),   # ranking stopped after two parts: those two are reported, best first
+    (5, 5, 2, ["stem", "early"]),   # ranking stopped after two parts: those two are reported, costliest first
 ])
 def test_gate_search_stops_when_its_budget_is_spent(budget_trials, expect_calls, expect_ranked, expect_kept):
-    trials = FakeTrials({"stem": 0.1, "early": 0.1, "late": 0.1, "head": 3.0})
+    trials = FakeTrials({"stem": 0.2, "early": 0.1, "late": 0.1, "head": 3.0})
     lines: list[str] = []
     out = search_keep_float(groups("stem", "early", "late", "head"), trials, REF, GATED, 0.5,
                             progress=lines.append, budget_s=budget_trials * 60.0, clock=Clock(trials, 60.0))
@@ -144,8 +150,9 @@ def test_gate_search_stops_when_its_budget_is_spent(budget_trials, expect_calls,
     assert len(trials.calls) == expect_calls and len(out.ranked) == expect_ranked
     assert [g.name for g in out.kept] == expect_kept     # what the last trial, whose metrics these are, kept
     assert {n for g in out.kept for n in g.nodes} in trials.calls
-    assert out.all_int8_drop == pytest.approx(3.3) and out.worst_drop > 0.5
+    assert out.all_int8_drop == pytest.approx(3.4) and out.worst_drop > 0.5
     assert [r.worst_drop for r in out.ranked] == sorted((r.worst_drop for r in out.ranked), reverse=True)
+    assert [r.group.name for r in out.ranked] == ["stem", "early"][:expect_ranked]   # costliest first
     assert f"budget of {budget_trials:g} min was spent after {expect_calls} trials" in lines[-1]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from conftest import REPO
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -64,3 +66,21 @@ def test_match_ablation_reuse_keeps_every_earlier_cell_and_runs_only_the_missing
     monkeypatch.setattr(ablation, "baseline", lambda *a: cell)
     assert ablation.main([*argv[:-4], "--minutes", "10", "--reuse", "--name", "ab", "--results", str(tmp_path)]) == 0
     assert len(trained) == 2        # a 10-minute budget keeps none of the 20-minute cells
+
+
+def test_cpu_report_judges_the_goals_only_on_a_written_cpu_flavour():
+    """benchmarks/cpu.py: with a CPU flavour its ratio and accuracy are judged against the same model's FP32
+    ONNX; without one, only the FP32 ONNX's speed is, never a 1.00x ratio of FP32 to itself."""
+    cpu = _benchmark("cpu")
+    acc = {m: 0.9 for m in cpu.METRICS}
+    row = {"throughput_ips": 31.0, "per_image_ms": 32.3, "speedup_vs_reference": 1.6}
+    model = {"bench": {cpu.FP32_ONNX: dict(row, throughput_ips=19.0, speedup_vs_reference=1.0), cpu.CPU_FLAVOUR: row},
+             "accuracy": {cpu.FP32_ONNX: acc, cpu.CPU_FLAVOUR: dict(acc, ap=0.894)}}
+    v = cpu.verdict(model)
+    assert v["engine"] == cpu.CPU_FLAVOUR and v["ips_met"] and v["ratio_met"] and not v["accuracy_met"]
+    assert v["delta_points"]["ap"] == pytest.approx(-0.6)
+    assert "not within 0.5 points" in cpu._goals(v)
+    del model["bench"][cpu.CPU_FLAVOUR]
+    v = cpu.verdict(model)
+    assert v["engine"] == cpu.FP32_ONNX and not v["ips_met"] and v["vs_fp32_onnx"] is None and not v["ratio_met"]
+    assert "no CPU flavour was written" in cpu._goals(v) and "1.00x" not in cpu._goals(v)

@@ -13,8 +13,8 @@ BGR frames (default 1280x720), timed by the pipeline's own stages:
 
 Interleaving: after each engine's warm-up, rounds visit every cell in turn (the starting
 cell rotates by one each round), each visit lasting about ``round_s``; rounds repeat until
-``duration_s`` is spent and every cell holds ``min_samples`` iterations (at most
-4 x ``duration_s``). A slow spell of the machine then hits every backend alike, and ratios are
+``duration_s`` is spent and every cell holds ``min_samples`` iterations (at most ``max_s``,
+by default 4 x ``duration_s``). A slow spell of the machine then hits every backend alike, and ratios are
 taken per round (:func:`prn_edge.bench.stats.paired_ratio`).
 
 Memory: engines are loaded one at a time; each gets the growth of the process's resident set
@@ -105,7 +105,7 @@ class BenchSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"batches": list(self.batches), "warmup_s": self.warmup_s, "duration_s": self.duration_s,
-                "round_s": self.round_s, "min_samples": self.min_samples,
+                "round_s": self.round_s, "min_samples": self.min_samples, "max_s": self.max_s,
                 "frame": f"{self.frame_hw[1]}x{self.frame_hw[0]}", "resize": self.resize,
                 "reference": self.reference, "seed": self.seed, "threshold": self.threshold}
 

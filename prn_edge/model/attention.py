@@ -80,7 +80,7 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 
 def separable_conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     """Depthwise 3x3 then pointwise 1x1: the same 3x3 reach as :func:`conv_bn_relu` at
-    (9 + c_out) / (9 * c_out) of its multiply-adds (1/8.5 for the 4c -> c of an MSA block)."""
+    (9 + c_out) / (9 * c_out) of its multiply-adds (1/8 for the 4c -> c of an MSA block)."""
     return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
                          nn.Conv2d(c_in, c_out, 1, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
