@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from cpu_profile import latency  # noqa: E402
 
+from prn_edge.export.pipeline import CPU_INT8_KEY, METRICS  # noqa: E402
 from prn_edge.io import write_json_atomic, write_text_atomic  # noqa: E402
 from prn_edge.provenance import provenance, provenance_line  # noqa: E402
 
-METRICS = ("image_auroc", "pixel_auroc", "pro", "ap")
 GOAL_IPS = 30.0           # issue 16: images per second end to end, batch 1, 2 cores
 GOAL_VS_FP32 = 1.5        # and this much faster than the FP32 ONNX of the same model
 GOAL_POINTS = 0.5         # on every metric
@@ -58,7 +58,7 @@ def measure(label: str, checkpoint: Path, args, say) -> dict:
                       latency_rounds=args.export_rounds, no_progress=True, say=say)
     report = exported.report
     accuracy = {"torch:fp32": {m: report["reference"][m] for m in METRICS},
-                "onnxruntime-cpu:fp32": {m: report["precisions"]["fp32"][m] for m in METRICS}}
+                FP32_ONNX: {m: report["precisions"]["fp32"][m] for m in METRICS}}
     flavour = report.get("cpu_int8", {})
     if flavour.get("metrics"):
         accuracy[CPU_FLAVOUR] = {m: flavour["metrics"][m] for m in METRICS}
@@ -133,9 +133,9 @@ def render(report: dict, command: str) -> str:
         flavour = model["cpu_flavour"]
         kept = ", ".join(flavour["keep_float"]) or "nothing"
         timing = model["export_latency"].get("median_ms", {})
-        compute = (f", compute {timing['onnxruntime-cpu:int8-cpu']:.1f} against FP32's "
-                   f"{timing['onnxruntime-cpu:fp32']:.1f} ms in {model['export_latency']['rounds']} interleaved rounds"
-                   if "onnxruntime-cpu:int8-cpu" in timing else "")
+        flavour_key = f"onnxruntime-cpu:{CPU_INT8_KEY}"
+        compute = (f", compute {timing[flavour_key]:.1f} against FP32's {timing[FP32_ONNX]:.1f} ms in "
+                   f"{model['export_latency']['rounds']} interleaved rounds" if flavour_key in timing else "")
         deltas = flavour.get("delta_points") or {}
         lines += ["", f"CPU flavour (U8, gated on {', '.join(flavour.get('gated') or [])}): "
                       f"{'written' if flavour['written'] else 'not written'}: it held the gate "

@@ -116,7 +116,7 @@ def int8_forms(fp32: Path, data: Path, threads: int, rounds: int) -> list[str]:
 
     import numpy as np
     from prn_edge.export.int8 import quantize_int8
-    from prn_edge.export.pipeline import LATENCY_MAX_S, load_calibration
+    from prn_edge.export.pipeline import load_calibration
 
     from prn_edge.bench.harness import BenchSettings, run_benchmark
     from prn_edge.runtime.backends.onnxruntime import OnnxRuntimeEngine
@@ -128,10 +128,8 @@ def int8_forms(fp32: Path, data: Path, threads: int, rounds: int) -> list[str]:
             models[f"INT8, {form.upper()} activations"] = quantize_int8(fp32, Path(tmp) / f"{form}.onnx", images,
                                                                         activations=form)
         # prn-bench's interleaved rounds on frames already at the model's size: engine.predict alone.
-        settings = BenchSettings(batches=(1,), warmup_s=0.0, duration_s=1e-3, round_s=1e-6, min_samples=rounds,
-                                 max_s=LATENCY_MAX_S, frame_hw=(256, 256), reference="FP32", require_threshold=False)
         run = run_benchmark([(name, lambda path=path: OnnxRuntimeEngine(path, threads=threads))
-                             for name, path in models.items()], settings)
+                             for name, path in models.items()], BenchSettings.counted(rounds, 256, "FP32"))
     lines = ["| ONNX Runtime model | median ms | vs FP32 |", "|---|---:|---:|"]
     fp32_ms = float(np.median(run.cell("FP32", 1).samples["compute"])) * 1e3
     for name in models:

@@ -46,7 +46,6 @@ DEFAULT_TOLERANCE = 0.5          # points: the issue's INT8 accuracy gate
 # export's own interleaved timing: below that, run-to-run noise on a loaded 2-core machine could make the choice.
 CPU_INT8_MIN_SPEEDUP = 1.15
 CPU_INT8_KEY = "int8-cpu"        # the CPU flavour's row in the latency table
-LATENCY_MAX_S = 600.0            # the latency table's rounds stop on their count; this only guards a hang
 # FP32 ONNX vs PyTorch (fp32_parity): |map difference| <= PARITY_MAP_TOL on all but PARITY_PIXEL_FRACTION of
 # the pixels, and nowhere above PARITY_MAP_MAX. Where two prototypes lie equally near a feature to within FP32
 # rounding, ONNX Runtime's GEMM and PyTorch's (different summation orders) may pick different ones; both are
@@ -572,11 +571,7 @@ def measure_latency(predictor, onnx_paths: dict[str, Path], threads: int, rounds
     for precision, path in onnx_paths.items():
         engines.append((f"onnxruntime-cpu:{precision}",
                         lambda path=path: OnnxRuntimeEngine(path, threads=threads)))
-    # One call per engine and round, ``rounds`` rounds: the run stops on its sample count (max_s only guards a
-    # hang); with the harness's default cap of 4 x duration_s it stopped after the first round.
-    settings = BenchSettings(batches=(batch,), warmup_s=0.0, duration_s=1e-3, round_s=1e-6, min_samples=rounds,
-                             max_s=LATENCY_MAX_S, frame_hw=(size, size), reference=reference, require_threshold=False)
-    run = run_benchmark(engines, settings)
+    run = run_benchmark(engines, BenchSettings.counted(rounds, size, reference, batch))
     compute = {key: [1e3 * t for t in run.cell(key, batch).samples["compute"]] for key, _ in engines}
     med = {key: float(np.median(t)) for key, t in compute.items()}
     ratios = run.ratios()

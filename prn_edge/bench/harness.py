@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 
+COUNTED_MAX_S = 600.0   # BenchSettings.counted: the rounds stop on their count; this only guards a hang
+
 
 @dataclass(frozen=True)
 class BenchSettings:
@@ -87,6 +89,14 @@ class BenchSettings:
     seed: int = 0
     threshold: float | None = None
     require_threshold: bool = True
+
+    @classmethod
+    def counted(cls, rounds: int, size: int, reference: str, batch: int = 1) -> "BenchSettings":
+        """``rounds`` interleaved rounds of one call per engine on frames already at ``size`` (engine.predict
+        alone, no warm-up, no decision): prn-export's latency table. The run stops on its count; ``max_s``
+        only guards a hang (the default cap, 4 x a 1 ms duration, would stop it after the first round)."""
+        return cls(batches=(batch,), warmup_s=0.0, duration_s=1e-3, round_s=1e-6, min_samples=rounds,
+                   max_s=COUNTED_MAX_S, frame_hw=(size, size), reference=reference, require_threshold=False)
 
     def validate(self) -> None:
         if not self.batches or any(int(b) < 1 for b in self.batches):
