@@ -65,7 +65,7 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 .PHONY: results results-model-size results-accuracy results-export results-bench results-kernels \
 	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration \
 	results-prototype-diagnosis results-match-ablation results-match-ablation-20min results-serving \
-	results-cpu-profile results-map-smoothing results-cpu
+	results-cpu-profile results-map-smoothing results-cpu results-decoder-map-weight
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -146,6 +146,12 @@ results-match-ablation-20min: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) instal
 results-map-smoothing: install
 	$(PY) benchmarks/map_smoothing.py --data $(ISSUE13_SETS) --threads $(THREADS) \
 		--variants patch+prior+pool3+s23+cosine+select+builtin,patch+prior+pool3+s23+cosine+select+builtin+lr2e-5 \
+		--runs $(RUNS)/match_ablation --results $(RESULTS)
+
+# Issue 13: the decoder's weight in the map, on the 20-minute checkpoints of results-match-ablation-20min
+# (seed 0 and, where trained, seed 1); one pass per checkpoint, ~20 min.
+results-decoder-map-weight: install
+	$(PY) benchmarks/decoder_map_weight.py --data $(ISSUE13_SETS) --threads $(THREADS) \
 		--runs $(RUNS)/match_ablation --results $(RESULTS)
 
 # Issue 16: CPU time per part of the network and the INT8 forms, on the 20-minute bottle model of

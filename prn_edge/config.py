@@ -57,6 +57,14 @@ class PRNConfig:
             training images, the scales averaged), gain and bias learnt and initialised from the
             training images, the decoder's last convolution initialised to zero. An untrained
             model then scores like a nearest-prototype detector; training only has to improve it.
+        decoder_map_weight: with the residual prior, the anomaly map is
+            ``sigmoid(prior + w * decoder)``: the decoder's learnt correction enters the map at
+            ``w`` of its trained strength (the loss still reads ``prior + decoder``). 1 = as trained
+            (the paper, and what checkpoints without this field were calibrated with). Learnt from ten
+            seen anomalies and synthesized ones, the correction overshoots on defects unlike them: on
+            the demo's bricks the trained map lost 4.3 points of PRO to the untrained prior. At 0.75 no
+            metric of any trained 20-minute model fell by more than 0.8 points and bricks rose by 5
+            points of PRO (benchmarks/results/decoder_map_weight.md). Needs ``residual_prior``.
         share_fusion_weights: one MF module for features and residuals instead of two.
         msa_layers: multi-size attention layers per scale (paper 3, edge 1).
         msa_block: the first convolution of each MSA layer's residual block (4c -> c channels):
@@ -91,6 +99,7 @@ class PRNConfig:
     match_pooling: int = 1
     match_pooling_border: str = "zeros"
     residual_prior: bool = False
+    decoder_map_weight: float = 1.0
     prior_scales: tuple[int, ...] = (1, 2, 3)
     share_fusion_weights: bool = False
     msa_layers: int = 3
@@ -132,6 +141,11 @@ class PRNConfig:
         if (not isinstance(scales, tuple) or not scales or any(s not in (1, 2, 3) for s in scales)
                 or tuple(sorted(set(scales))) != scales):
             raise PRNError(f"prior_scales must be distinct scales of 1, 2, 3 in increasing order, got {scales}")
+        if not 0 < self.decoder_map_weight <= 1:
+            raise PRNError(f"decoder_map_weight must be in (0, 1], got {self.decoder_map_weight}")
+        if self.decoder_map_weight != 1 and not self.residual_prior:
+            raise PRNError(f"decoder_map_weight {self.decoder_map_weight:g} weighs the decoder against the "
+                           "residual prior: it needs residual_prior (or a weight of 1)")
         if self.patch_prototypes < 1:
             raise PRNError(f"patch_prototypes must be >= 1, got {self.patch_prototypes}")
         if not 0 < self.prototype_ratio <= 1:

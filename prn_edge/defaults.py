@@ -9,6 +9,8 @@ centred, aligned objects, and what a user gets unless told otherwise:
 * the residual prior over scales 2 and 3, so that the untrained model is already a
   nearest-neighbour detector and training refines it;
 * the map blurred with sigma 4 (PatchCore's smoothing) before the score;
+* the decoder's correction weighed 0.75 against the prior in the map (``decoder_map_weight``): the
+  correction, learnt from few and synthesized anomalies, overshoots on unlike defects;
 * Adam at 2e-5 with a cosine decay, and the step that scores best on held-out normal images and
   their synthesized anomalies kept (never the test set);
 * crops of the bundled CC0 photos as the simulated anomalies' textures, whatever folders sit near
@@ -18,7 +20,7 @@ centred, aligned objects, and what a user gets unless told otherwise:
 
 The evidence, per option, is in benchmarks/results/prototype_diagnosis.md (the match, the pooling
 and the prior's scales, before training), match_ablation.md and match_ablation_20min.md (trained,
-the learning rate and the textures included) and map_smoothing.md. One set for every dataset:
+the learning rate and the textures included), map_smoothing.md and decoder_map_weight.md. One set for every dataset:
 none of these is chosen per category.
 
 Plain data only: no torch import here.
@@ -33,7 +35,8 @@ DEFAULT_SET = "measured"
 #: PRNConfig fields set on top of the preset (the presets themselves keep the paper's values).
 MODEL: dict[str, dict[str, Any]] = {
     "measured": {"prototype_match": "patch", "match_pooling": 3, "match_pooling_border": "zeros",
-                 "residual_prior": True, "prior_scales": (2, 3), "map_smoothing": 4.0},
+                 "residual_prior": True, "prior_scales": (2, 3), "map_smoothing": 4.0,
+                 "decoder_map_weight": 0.75},
     "paper": {},
 }
 

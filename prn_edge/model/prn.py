@@ -78,7 +78,7 @@ class ResidualPrior(nn.Module):
 
 
 class PRNOutput(NamedTuple):
-    logits: Tensor        # (B, 1, S, S) before the sigmoid (the loss works on logits)
+    logits: Tensor        # (B, 1, S, S) the loss's logits (the map's too unless config.decoder_map_weight < 1)
     anomaly_map: Tensor   # (B, 1, S, S) probabilities in [0, 1]
     score: Tensor         # (B,) mean of the top-K map values
 
@@ -211,12 +211,16 @@ class PRN(nn.Module):
                                f"MSA{s}": attended[j], f"skip T*{s}": skips[j]})
             record["encoder F4"] = taps[NUM_SCALES]
         logits = self.decoder(taps[NUM_SCALES], skips, record)
+        map_logits = None
         if self.prior is not None:
             prior = self.prior(residuals)
             if record is not None:
                 record["prior"] = prior
+            weight = self.config.decoder_map_weight
+            if weight != 1:     # the map takes the decoder's correction at ``weight``; the loss reads it whole
+                map_logits = prior + weight * logits
             logits = logits + prior
-        anomaly_map = torch.sigmoid(logits)
+        anomaly_map = torch.sigmoid(logits if map_logits is None else map_logits)
         if self.smoothing is not None:      # after the sigmoid: a blur of probabilities, as PatchCore blurs distances
             anomaly_map = self.smoothing(anomaly_map)
         score = top_k_score(anomaly_map, self.config.score_top_k)
