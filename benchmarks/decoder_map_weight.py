@@ -18,7 +18,6 @@ runs it on every set and seed that the match ablation trained.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from match_ablation import METRICS, VARIANTS, run_folder  # noqa: E402
+from match_ablation import METRICS, VARIANTS, add_checkpoint_arguments, patchcore_cells, run_folder  # noqa: E402
 
 from prn_edge.checkpoint import load_model  # noqa: E402
 from prn_edge.data.mvtec import load_sample, scan_category  # noqa: E402
@@ -128,13 +127,7 @@ def render(rows: list[dict], origin: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, nargs="+", required=True, help="MVTec-layout categories")
-    parser.add_argument("--minutes", type=float, default=20.0, help="the match ablation's budget (its run folders)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "match_ablation")
-    parser.add_argument("--ablation", type=Path, default=REPO / "benchmarks" / "results" / "match_ablation_20min.json",
-                        help="the match ablation's results (PatchCore's cells)")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    add_checkpoint_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -142,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no such data folder: {', '.join(missing)}")
     assert all(v in VARIANTS for v, _ in RUNS)
-    ablation = json.loads(args.ablation.read_text()) if args.ablation.exists() else {"rows": []}
-    patchcore = {(r["data"], r.get("seed", 0)): r.get("patchcore") for r in ablation["rows"]}
+    patchcore = patchcore_cells(args.ablation)
     rows = []
     for data in args.data:
         for variant, seed in RUNS:

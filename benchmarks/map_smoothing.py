@@ -18,7 +18,6 @@ match ablation's results file of the same budget (the same images: each run's se
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from match_ablation import METRICS, VARIANTS, run_folder  # noqa: E402
+from match_ablation import METRICS, VARIANTS, add_checkpoint_arguments, patchcore_cells, run_folder  # noqa: E402
 
 from prn_edge.checkpoint import load_model  # noqa: E402
 from prn_edge.data.mvtec import scan_category  # noqa: E402
@@ -97,15 +96,9 @@ def render(rows: list[dict], sigmas, origin: dict, minutes: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, nargs="+", required=True, help="MVTec-layout categories")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--variants", required=True, help=f"comma-separated, of {', '.join(VARIANTS)}")
-    parser.add_argument("--minutes", type=float, default=20.0, help="the match ablation's budget (its run folders)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "match_ablation")
-    parser.add_argument("--ablation", type=Path, default=REPO / "benchmarks" / "results" / "match_ablation_20min.json",
-                        help="the match ablation's results (PatchCore's cells)")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -113,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}: choose of {', '.join(VARIANTS)}")
-    ablation = json.loads(args.ablation.read_text()) if args.ablation.exists() else {"rows": []}
-    patchcore = {(r["data"], r.get("seed", 0)): r.get("patchcore") for r in ablation["rows"]}
+    patchcore = patchcore_cells(args.ablation)
     rows = []
     for data in args.data:
         for variant in variants:

@@ -68,6 +68,24 @@ def run_folder(runs: Path, data: Path, variant: str, seed: int, minutes: float |
     return runs / (f"{data.name}-{variant}-s{seed}" + (f"-m{minutes:g}" if minutes else ""))
 
 
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a script that re-scores this ablation's checkpoints post hoc (map_smoothing.py,
+    decoder_map_weight.py): the sets, the budget naming the run folders, and where PatchCore's cells are."""
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="MVTec-layout categories")
+    parser.add_argument("--minutes", type=float, default=20.0, help="the match ablation's budget (its run folders)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "match_ablation")
+    parser.add_argument("--ablation", type=Path, default=REPO / "benchmarks" / "results" / "match_ablation_20min.json",
+                        help="the match ablation's results (PatchCore's cells)")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+
+
+def patchcore_cells(path: Path) -> dict[tuple[str, int], dict | None]:
+    """``{(set, seed): PatchCore's metrics}`` from a results file of this ablation (empty if there is none)."""
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    return {(r["data"], r.get("seed", 0)): r.get("patchcore") for r in rows}
+
+
 def run(data: Path, variant: str, steps: int, runs: Path, seed: int, threads: int, minutes: float | None = None) -> dict:
     out = run_folder(runs, data, variant, seed, minutes)
     metrics_path = out / "eval" / "metrics.json"
@@ -107,8 +125,10 @@ def render(rows: list[dict], steps: int, origin: dict, minutes: float | None = N
              f"Produced by `python benchmarks/match_ablation.py {budget} --seed {seed}`. Edge preset "
              f"(EfficientNet-Lite0), {trained} at batch 8, seed {seed} (per row), every other option as PRN was published "
              "(`--defaults paper`: Adam at a constant 1e-4, no DTD folder beside the variation sets), except `measured`: "
-             "prn-train's own defaults (`--defaults measured`), which are the `...+lr2e-5` variant with the map blurred "
-             "at sigma 4 (`map_smoothing.md` adds that blur to the seed-0 checkpoints), and `measured+separable`: the same "
+             "prn-train's own defaults (`--defaults measured`) at the run's commit: the `...+lr2e-5` variant with the map blurred "
+             "at sigma 4 (`map_smoothing.md` adds that blur to the seed-0 checkpoints) and, in runs from commit edc0193 on, the "
+             "decoder's correction at 0.75 in the map (`decoder_map_weight.md`; each checkpoint records its config), and "
+             "`measured+separable`: the same "
              "with depthwise-separable MSA blocks (`--msa-block separable`, issue 16). Final checkpoints (`select`: the step that scored best on the held-out normal images and "
              "their synthesized anomalies; `builtin`: `--textures builtin`, crops of the bundled photos as the simulated "
              "anomalies' textures; `lr2e-5`: Adam at 2e-5 instead of 1e-4); each run's 10 seen anomalies left out, PatchCore scored on "
