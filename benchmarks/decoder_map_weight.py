@@ -7,7 +7,9 @@ for the blur): each 20-minute checkpoint of ``benchmarks/match_ablation.py`` run
 (its seen anomalies left out) recording the prior and the logits, then every weight's map is blurred
 with the measured sigma 4 and scored, image score included. Only the end-point selection and the
 calibrated threshold (not a metric) can differ from a run trained with the weight set. ``prior alone``
-is the correction dropped (W -> 0): the untrained model's map.
+is the correction dropped (W -> 0): the checkpoint's own prior (its trained gain and bias). Each row
+records the weight its checkpoint was trained with (``trained W``): the selection and the threshold
+saw that weight's map.
 
 Usage:
     python benchmarks/decoder_map_weight.py --runs runs/match_ablation \\
@@ -45,9 +47,10 @@ WEIGHTS = (1.0, 0.9, 0.75, 0.5)
 PRIOR_ALONE = "prior alone"
 SIGMA = 4.0             # the measured map smoothing (prn_edge.defaults)
 BATCH = 8
-# The checkpoints behind the default: the measured defaults before this weight existed. Seed 0's
-# were trained unblurred (the blur is exact post hoc, map_smoothing.md), seed 1's with the blur.
-RUNS = (("patch+prior+pool3+s23+cosine+select+builtin+lr2e-5", 0), ("measured", 1))
+# The checkpoints behind the default: the measured defaults before this weight existed (seed 0's trained
+# unblurred, the blur being exact post hoc, map_smoothing.md; seed 1's with the blur), then whatever the
+# measured defaults trained since (decoder_map_weight_trained.md: W 0.75, on two sets).
+RUNS = (("patch+prior+pool3+s23+cosine+select+builtin+lr2e-5", 0), ("measured", 1), ("measured", 0))
 
 
 @torch.no_grad()
@@ -68,7 +71,7 @@ def record(checkpoint: Path, data: Path) -> dict:
         priors.append(stages["prior"])
         masks.extend(p[1] for p in pairs)
     return {"logits": torch.cat(logits), "prior": torch.cat(priors), "masks": np.stack(masks),
-            "top_k": model.config.score_top_k}
+            "top_k": model.config.score_top_k, "trained_weight": model.config.decoder_map_weight}
 
 
 def score_weights(recorded: dict, weights=WEIGHTS) -> dict[str, dict[str, float]]:
@@ -86,8 +89,7 @@ def score_weights(recorded: dict, weights=WEIGHTS) -> dict[str, dict[str, float]
             maps.append(probs[:, 0].numpy())
             scores.append(top_k_score(probs, recorded["top_k"]).numpy())
         metrics = compute_metrics(np.concatenate(scores), labels, np.concatenate(maps), masks)
-        out[PRIOR_ALONE if weight is None else f"{weight:g}"] = {
-            m: round(100 * float(getattr(metrics, m)), 2) for m in METRICS}
+        out[PRIOR_ALONE if weight is None else f"{weight:g}"] = {m: 100 * float(getattr(metrics, m)) for m in METRICS}
     return out
 
 
@@ -97,7 +99,7 @@ def _cell(m: dict | None) -> str:
 
 def render(rows: list[dict], origin: dict) -> str:
     columns = [*(f"{w:g}" for w in WEIGHTS), PRIOR_ALONE]
-    head = ["set", "seed", *(f"W {c}" if c != PRIOR_ALONE else c for c in columns), "PatchCore (sigma 4)"]
+    head = ["set", "seed", "trained W", *(f"W {c}" if c != PRIOR_ALONE else c for c in columns), "PatchCore (sigma 4)"]
     lines = ["# The decoder's weight in the anomaly map (issue 13)", "",
              "Produced by `python benchmarks/decoder_map_weight.py` (`make results-decoder-map-weight`). Each "
              "20-minute checkpoint of `match_ablation_20min.md` (edge preset, the measured defaults as they were "
@@ -106,11 +108,14 @@ def render(rows: list[dict], origin: dict) -> str:
              "The map is then `sigmoid(prior + W * decoder)`, blurred at sigma 4, and scored, image score "
              "included. Exact for these weights: the loss reads the whole logits, so W = 1 is the checkpoint as "
              "trained and a run trained with W set differs only in its selected step and threshold. "
-             "`prior alone`: the correction dropped (the untrained model's map). PatchCore on the same images, "
+             "`prior alone`: the correction dropped (the checkpoint's own prior, its gain and bias as trained). "
+             "`trained W`: the weight the run trained with (its selected step and threshold saw that map). "
+             "W was chosen on these test sets (the rows with trained W 1); rows trained with W 0.75 came after, one "
+             "of them on a set not used to choose it (bottle-rotated). PatchCore on the same images, "
              "from the match ablation. Metrics in percent: image AUROC / pixel AUROC / PRO@0.3 / AP.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['data']} | {r['seed']} | " + " | ".join(_cell(r["weights"].get(c)) for c in columns)
+        lines.append(f"| {r['data']} | {r['seed']} | {r['trained_weight']:g} | " + " | ".join(_cell(r["weights"].get(c)) for c in columns)
                      + f" | {_cell(r.get('patchcore'))} |")
     lines += ["", "Change against W = 1, per metric (image / pixel / PRO / AP), over the rows:", ""]
     for c in columns[1:]:
@@ -143,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             if not checkpoint.exists():
                 print(f"skipped {data.name} seed {seed}: no {checkpoint}", file=sys.stderr)
                 continue
-            weights = score_weights(record(checkpoint, data))
+            recorded = record(checkpoint, data)
+            weights = score_weights(recorded)
             print(f"{data.name} seed {seed}: " + "; ".join(f"{k} {_cell(v)}" for k, v in weights.items()), flush=True)
             rows.append({"data": data.name, "variant": variant, "seed": seed, "weights": weights,
+                         "trained_weight": recorded["trained_weight"],
                          "patchcore": patchcore.get((data.name, seed))})
     if not rows:
         parser.error("no checkpoint found: run benchmarks/match_ablation.py first")

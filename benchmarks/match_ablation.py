@@ -75,15 +75,17 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="the match ablation's budget (its run folders)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "match_ablation")
-    parser.add_argument("--ablation", type=Path, default=REPO / "benchmarks" / "results" / "match_ablation_20min.json",
-                        help="the match ablation's results (PatchCore's cells)")
+    parser.add_argument("--ablation", type=Path, nargs="+",
+                        default=[REPO / "benchmarks" / "results" / "match_ablation_20min.json"],
+                        help="results files of the match ablation (PatchCore's cells; a later file's cell wins)")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
 
 
-def patchcore_cells(path: Path) -> dict[tuple[str, int], dict | None]:
-    """``{(set, seed): PatchCore's metrics}`` from a results file of this ablation (empty if there is none)."""
-    rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    return {(r["data"], r.get("seed", 0)): r.get("patchcore") for r in rows}
+def patchcore_cells(paths: list[Path]) -> dict[tuple[str, int], dict | None]:
+    """``{(set, seed): PatchCore's metrics}`` from results files of this ablation (files that do not exist add
+    nothing)."""
+    rows = [r for path in paths if path.exists() for r in json.loads(path.read_text())["rows"]]
+    return {(r["data"], r.get("seed", 0)): r["patchcore"] for r in rows if r.get("patchcore")}
 
 
 def run(data: Path, variant: str, steps: int, runs: Path, seed: int, threads: int, minutes: float | None = None) -> dict:

@@ -62,7 +62,7 @@ class PRNConfig:
             ``w`` of its trained strength (the loss still reads ``prior + decoder``). 1 = as trained
             (the paper, and what checkpoints without this field were calibrated with). Learnt from ten
             seen anomalies and synthesized ones, the correction overshoots on defects unlike them: on
-            the demo's bricks the trained map lost 4.3 points of PRO to the untrained prior. At 0.75 no
+            the demo's bricks the trained map lost 4.3 points of PRO to its own prior alone. At 0.75 no
             metric of any trained 20-minute model fell by more than 0.8 points and bricks rose by 5
             points of PRO (benchmarks/results/decoder_map_weight.md). Needs ``residual_prior``.
         share_fusion_weights: one MF module for features and residuals instead of two.

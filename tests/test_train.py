@@ -110,6 +110,23 @@ def test_no_prior_drops_the_measured_decoder_weight_that_is_relative_to_it(tiny_
     assert MODEL["measured"]["decoder_map_weight"] < 1
 
 
+def test_a_state_from_before_a_config_field_resumes_when_the_field_keeps_its_old_value(tiny_category, tmp_path, capsys):
+    """A state written before ``decoder_map_weight`` existed reads as weight 1: resuming it under the measured
+    defaults (0.75) names that field, and resuming with --decoder-map-weight 1 goes on."""
+    out = tmp_path / "old"
+    assert train(["--data", str(tiny_category), "--out", str(out), "--steps", "1", *FAST], tmp_path) == 0
+    state_path = out / "train_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["config"]["decoder_map_weight"]
+    torch.save(state, state_path)
+    capsys.readouterr()
+    assert train(["--data", str(tiny_category), "--out", str(out), "--steps", "2", "--resume", *FAST], tmp_path) == 2
+    assert "decoder_map_weight (saved 1.0, now 0.75)" in capsys.readouterr().err
+    assert train(["--data", str(tiny_category), "--out", str(out), "--steps", "2", "--resume",
+                  "--decoder-map-weight", "1", *FAST], tmp_path) == 0
+    assert load_checkpoint(out / "checkpoint.pt").metadata["training"]["steps"] == 2
+
+
 def test_preview_writes_a_grid(tiny_category, tmp_path):
     import cv2
     out = tmp_path / "preview"

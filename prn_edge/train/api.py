@@ -228,7 +228,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
                  match_pooling=match_pooling, match_pooling_border=match_pooling_border, residual_prior=prior,
                  prior_scales=prior_scales, map_smoothing=map_smoothing, decoder_map_weight=decoder_map_weight)
     chosen_model = dict(default_sets.MODEL[defaults])
-    if prior is False:      # the set's decoder weight is relative to a prior that --no-prior removes
+    if prior is not None and not prior:     # the set's decoder weight is relative to a prior that --no-prior removes
         chosen_model.pop("decoder_map_weight", None)
     model_config = get_config(config, **{**chosen_model, **{k: v for k, v in given.items() if v is not None}})
     synthesis = SynthesisConfig(use_ea=not no_ea, use_sa=not no_sa)

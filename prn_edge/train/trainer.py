@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from prn_edge.checkpoint import save_checkpoint, save_torch_atomic
+from prn_edge.config import PRNConfig
 from prn_edge.contract.model_folder import CHECKPOINT
 from prn_edge.data.synthesis import (
     AnomalySynthesizer,
@@ -213,9 +214,16 @@ class Trainer:
             raise CheckpointError(f"{path}: cannot resume from it ({type(exc).__name__}: {first_line(exc)})") from exc
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{path}: not a PRN Edge training state")
-        if state["config"] != self.model.config.to_dict():
-            raise CheckpointError(f"{path}: saved with a different model config; resume with the same "
-                                  "--config/--backbone/--residual, or start a new --out folder")
+        try:      # read as a config, so a state from before a field existed takes that field's old value
+            saved = PRNConfig.from_dict(state["config"])
+        except PRNError as exc:
+            raise CheckpointError(f"{path}: its model config does not read: {exc}") from None
+        if saved != self.model.config:
+            now = self.model.config.to_dict()
+            changed = ", ".join(f"{k} (saved {v!r}, now {now[k]!r})" for k, v in saved.to_dict().items()
+                                if k != "preset" and v != now[k])
+            raise CheckpointError(f"{path}: saved with a different model config: {changed}; resume with the same "
+                                  "options, or start a new --out folder")
         if state["train_names"] != self.data.train_names or state["seen_names"] != self.data.seen_names:
             raise CheckpointError(f"{path}: saved for different training data or seed; resume with the same "
                                   "--data and --seed, or start a new --out folder")
