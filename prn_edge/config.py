@@ -64,7 +64,9 @@ class PRNConfig:
             seen anomalies and synthesized ones, the correction overshoots on defects unlike them: on
             the demo's bricks the trained map lost 4.3 points of PRO to its own prior alone. At 0.75 no
             metric of any trained 20-minute model fell by more than 0.8 points and bricks rose by 5
-            points of PRO (benchmarks/results/decoder_map_weight.md). Needs ``residual_prior``.
+            points of PRO (benchmarks/results/decoder_map_weight.md). W was chosen on those test sets;
+            on bottle-rotated, which it was not chosen on, a run trained with it scored 100/99.1/96.4/86.8
+            against PatchCore's 100/98.4/94.5/74.9 (decoder_map_weight_trained.md). Needs ``residual_prior``.
         share_fusion_weights: one MF module for features and residuals instead of two.
         msa_layers: multi-size attention layers per scale (paper 3, edge 1).
         msa_block: the first convolution of each MSA layer's residual block (4c -> c channels):
