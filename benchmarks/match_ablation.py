@@ -104,6 +104,10 @@ def run(data: Path, variant: str, steps: int, runs: Path, seed: int, threads: in
     training = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["metadata"]["training"]
     cell["steps"] = training["steps"]
     cell["selected_step"] = training.get("selection", {}).get("selected_step")
+    # The learning curve on held-out data (never the test set): [step, validation score] at each validation.
+    if training.get("selection", {}).get("scores"):
+        cell["validation"] = training["selection"]["scores"]
+        cell["minutes"] = round(training["seconds"] / 60, 2)
     return cell
 
 
