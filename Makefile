@@ -160,12 +160,12 @@ results-decoder-map-weight: install
 		--ablation $(RESULTS)/match_ablation_20min.json $(RESULTS)/decoder_map_weight_trained.json
 
 # ...and runs trained with it (the measured defaults): seed 0 on the bricks, where it mattered most, and on
-# bottle-rotated, a set that W was not chosen on; seed 1 on the variation sets. Cells already in the results
+# bottle-rotated and bottle-shifted, sets that W was not chosen on; seed 1 on the variation sets. Cells already in the results
 # are kept (--reuse); ~25 min per missing run. Run it before results-decoder-map-weight (its PatchCore cells).
 results-decoder-map-weight-trained: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install   # makes bottle-rotated too
 	$(PY) benchmarks/match_ablation.py --minutes 20 --seed 0 --variants measured --name decoder_map_weight_trained \
-		--data $(DEMO_DATA) $(VARIATIONS)/bottle-rotated --threads $(THREADS) --runs $(RUNS)/match_ablation \
-		--results $(RESULTS) --reuse
+		--data $(DEMO_DATA) $(VARIATIONS)/bottle-rotated $(VARIATIONS)/bottle-shifted --threads $(THREADS) \
+		--runs $(RUNS)/match_ablation --results $(RESULTS) --reuse
 	$(PY) benchmarks/match_ablation.py --minutes 20 --seed 1 --variants measured --name decoder_map_weight_trained \
 		--data $(DEMO_DATA) $(VARIATIONS)/bottle-unaligned $(VARIATIONS)/bottle-darker $(VARIATIONS)/bottle-rotated \
 		--threads $(THREADS) --runs $(RUNS)/match_ablation --results $(RESULTS) --reuse
