@@ -166,16 +166,22 @@ def _set_key(row: dict) -> tuple:
     return (SET_ORDER.index(name) if name in SET_ORDER else len(SET_ORDER), name, row.get("seed", 0))
 
 
+def _default_weight() -> str:
+    """The measured defaults' decoder weight W, as the results files key it."""
+    from prn_edge.defaults import DEFAULT_SET, MODEL
+
+    return f"{MODEL[DEFAULT_SET]['decoder_map_weight']:g}"
+
+
 def measured_rows(results: Path) -> list[dict]:
-    """PRN with prn-train's measured defaults and PatchCore on the same images, one row per (set, seed).
+    """PRN with prn-train's measured defaults and PatchCore on the same images, one row per (set, seed),
+    each with the goals it misses (``goals_missed``).
 
     A run trained with the defaults (``TRAINED``) wins; otherwise the decoder weight W of the defaults
     applied post hoc to a 20-minute checkpoint trained with every other default at W 1 (``POST_HOC``: exact
     for the metrics, since the loss reads the whole logits; only the kept step can differ).
     """
-    from prn_edge.defaults import DEFAULT_SET, MODEL
-
-    weight = f"{MODEL[DEFAULT_SET]['decoder_map_weight']:g}"
+    weight = _default_weight()
     rows: dict[tuple[str, int], dict] = {}
     trained = _load(results / TRAINED) or {"rows": []}
     for r in trained["rows"]:
@@ -193,16 +199,20 @@ def measured_rows(results: Path) -> list[dict]:
             continue
         rows[key] = {"data": r["data"], "seed": r.get("seed", 0), "source": f"post hoc ({r['variant']}, W {weight})",
                      "prn": dict(r["weights"][weight]), "patchcore": r["patchcore"]}
+    for r in rows.values():
+        r["goals_missed"] = goals_missed(r["data"], r["prn"], r["patchcore"])
     return sorted(rows.values(), key=_set_key)
+
+
+def below_patchcore(prn: dict, patchcore: dict) -> list[str]:
+    """The metrics where PRN scores under PatchCore at the tables' precision (0.1 point; a tie holds)."""
+    return [m for m in METRICS if round(prn[m], 1) < round(patchcore[m], 1)]
 
 
 def goals_missed(data: str, prn: dict, patchcore: dict) -> list[str]:
     """Issue 13's goals a row misses, in words (empty: every goal met). Compared at the tables' precision
     (0.1 point): a tie counts as at least PatchCore (at 100 it cannot be beaten)."""
-    missed = []
-    for m in METRICS:
-        if round(prn[m], 1) < round(patchcore[m], 1):
-            missed.append(f"{m.replace('_', ' ')} below PatchCore")
+    missed = [f"{m.replace('_', ' ')} below PatchCore" for m in below_patchcore(prn, patchcore)]
     for m, margin in GOAL_MARGINS.items():
         gain = round(prn[m], 1) - round(patchcore[m], 1)
         if 100.0 - patchcore[m] >= margin and gain < margin:
@@ -227,12 +237,9 @@ def _delta(a: dict, b: dict) -> str:
 def measured_section(rows: list[dict], results: Path) -> list[str]:
     """accuracy.md's first part: the measured defaults on every set and seed against PatchCore, the goals,
     what is missing, and the ablation behind each default."""
-    from prn_edge.defaults import DEFAULT_SET, MODEL
-
-    weight = f"{MODEL[DEFAULT_SET]['decoder_map_weight']:g}"
-    met = [r for r in rows if not goals_missed(r["data"], r["prn"], r["patchcore"])]
-    at_least = [r for r in rows if not [g for g in goals_missed(r["data"], r["prn"], r["patchcore"])
-                                        if g.endswith("below PatchCore")]]
+    weight = _default_weight()
+    met = [r for r in rows if not r["goals_missed"]]
+    at_least = [r for r in rows if not below_patchcore(r["prn"], r["patchcore"])]
     lines = ["## PRN with prn-train's measured defaults against PatchCore (issue 13)", "",
              "Each row: the edge preset (EfficientNet-Lite0) trained for 20 minutes of wall clock on 2 cores "
              "(`prn-train --minutes 20`, batch 8, the row's seed drawing its 10 seen anomalies, left out of the "
@@ -245,9 +252,8 @@ def measured_section(rows: list[dict], results: Path) -> list[str]:
              "| set | seed | PRN | PatchCore | PRN - PatchCore | goals missed | source |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        missed = goals_missed(r["data"], r["prn"], r["patchcore"])
         lines.append(f"| {r['data']} | {r['seed']} | {_cell(r['prn'])} | {_cell(r['patchcore'])} | "
-                     f"{_delta(r['prn'], r['patchcore'])} | {'; '.join(missed) or 'none'} | {r['source']} |")
+                     f"{_delta(r['prn'], r['patchcore'])} | {'; '.join(r['goals_missed']) or 'none'} | {r['source']} |")
     lines += ["", f"Metrics in percent: image AUROC / pixel AUROC / PRO@0.3 / AP. {len(met)} of {len(rows)} rows meet "
               f"every goal; {len(at_least)} of {len(rows)} score at least PatchCore on all four metrics."]
     sets = sorted(set(SET_ORDER) | {r["data"] for r in rows}, key=lambda d: _set_key({"data": d}))
@@ -405,7 +411,7 @@ def report(selected: list[Experiment], runs: Path = RUNS, results: Path = RESULT
     results.mkdir(parents=True, exist_ok=True)
     _plot_curves(measured, curves, results / "accuracy_curves.png")
     write_json_atomic(results / "accuracy.json", {
-        "measured": [dict(r, goals_missed=goals_missed(r["data"], r["prn"], r["patchcore"])) for r in measured],
+        "measured": measured,
         "paper": {"rows": records, "kept_from": kept_from}, "provenance": origin})
     write_text_atomic(results / "accuracy.md", "\n".join(lines))
     print(f"wrote {results / 'accuracy.md'}")
