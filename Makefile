@@ -66,7 +66,7 @@ EXPORT_CMD = $(PY) benchmarks/export.py --checkpoint $(BOTTLE_CKPT) --data $(DAT
 	results-emulator-mutations results-runtime-gpu results-reliability results-int8-calibration \
 	results-prototype-diagnosis results-match-ablation results-match-ablation-20min results-serving \
 	results-cpu-profile results-map-smoothing results-cpu results-decoder-map-weight \
-	results-decoder-map-weight-trained
+	results-decoder-map-weight-trained results-score-prior-share
 
 # The CPU results (results-runtime-gpu needs a CUDA GPU, results-kernels nvcc).
 results: results-model-size results-accuracy results-export results-bench results-reliability
@@ -169,6 +169,13 @@ results-decoder-map-weight-trained: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) 
 	$(PY) benchmarks/match_ablation.py --minutes 20 --seed 1 --variants measured --name decoder_map_weight_trained \
 		--data $(DEMO_DATA) $(VARIATIONS)/bottle-unaligned $(VARIATIONS)/bottle-darker $(VARIATIONS)/bottle-rotated \
 		--threads $(THREADS) --runs $(RUNS)/match_ablation --results $(RESULTS) --reuse
+
+# The residual prior's share of the image score (score_prior_share.{md,json}), re-scored post hoc from the
+# measured defaults' 20-minute checkpoints on disk (results-decoder-map-weight-trained); ~1 min per checkpoint.
+results-score-prior-share: $(VARIATIONS)/bottle-unaligned $(DEMO_DATA) install
+	$(PY) benchmarks/score_prior_share.py --data $(ISSUE13_SETS) $(VARIATIONS)/bottle-rotated $(VARIATIONS)/bottle-shifted \
+		$(VARIATIONS)/bottle-scaled --threads $(THREADS) --runs $(RUNS)/match_ablation --results $(RESULTS) \
+		--ablation $(RESULTS)/match_ablation_20min.json $(RESULTS)/decoder_map_weight_trained.json
 
 # Issue 16: CPU time per part of the network and the INT8 forms, on the 20-minute bottle model of
 # results-match-ablation-20min (its candidate defaults); ~8 min.

@@ -101,9 +101,11 @@ def run(data: Path, variant: str, steps: int, runs: Path, seed: int, threads: in
     metrics = json.loads(metrics_path.read_text())
     cell = {m: 100 * metrics[m] for m in METRICS}
     # A budget in minutes reaches a machine-dependent number of steps: the table says how many.
-    training = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["metadata"]["training"]
+    checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    training = checkpoint["metadata"]["training"]
     cell["steps"] = training["steps"]
     cell["selected_step"] = training.get("selection", {}).get("selected_step")
+    cell["score_prior_share"] = checkpoint["config"].get("score_prior_share", 0.0)   # the image score it trained with
     # The learning curve on held-out data (never the test set): [step, validation score] at each validation.
     if training.get("selection", {}).get("scores"):
         cell["validation"] = training["selection"]["scores"]

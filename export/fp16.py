@@ -182,7 +182,7 @@ def _tensor_types(onnx, model) -> dict[str, int]:
     return types
 
 
-TAIL_SEARCH_DEPTH = 8   # nodes from an output back to its Sigmoid: the blur is 4, the score's chain 3
+TAIL_SEARCH_DEPTH = 16  # nodes from an output back to its Sigmoid: the blur 4 (6 over two channels), the score's chain 3 (6)
 
 
 def _fp32_head_and_tail(graph, producer, consumers) -> set[int]:

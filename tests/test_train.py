@@ -102,12 +102,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_category, tmp_path):
         assert torch.equal(tensor, b.state_dict[key]), f"{key} differs after resume"
 
 
-def test_no_prior_drops_the_measured_decoder_weight_that_is_relative_to_it(tiny_category, tmp_path):
+def test_no_prior_drops_the_measured_options_that_are_relative_to_it(tiny_category, tmp_path):
     out = tmp_path / "no-prior"
     assert train(["--data", str(tiny_category), "--out", str(out), "--steps", "1", "--no-prior", *FAST], tmp_path) == 0
     config = load_checkpoint(out / "checkpoint.pt").config
-    assert not config.residual_prior and config.decoder_map_weight == 1.0
-    assert MODEL["measured"]["decoder_map_weight"] < 1
+    assert not config.residual_prior and config.decoder_map_weight == 1.0 and config.score_prior_share == 0.0
+    assert MODEL["measured"]["decoder_map_weight"] < 1 and MODEL["measured"]["score_prior_share"] > 0
 
 
 def test_a_state_from_before_a_config_field_resumes_when_the_field_keeps_its_old_value(tiny_category, tmp_path, capsys):
@@ -150,6 +150,9 @@ def test_preview_writes_a_grid(tiny_category, tmp_path):
     ({"--decoder-map-weight": "0"}, "argument --decoder-map-weight: expected a weight from 0 to 1 (not 0)"),
     ({"--no-prior": None, "--decoder-map-weight": "0.5"},
      "decoder_map_weight 0.5 weighs the decoder against the residual prior: it needs residual_prior"),
+    ({"--score-prior-share": "1.5"}, "argument --score-prior-share: expected a share from 0 to 1"),
+    ({"--no-prior": None, "--score-prior-share": "0.5"},
+     "score_prior_share 0.5 mixes the residual prior's score into the image score: it needs residual_prior"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_category, tmp_path, capsys, change, message):
     options = dict(zip(FAST[:-1:2], FAST[1:-1:2]))  # FAST ends with the flag --quiet

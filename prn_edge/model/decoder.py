@@ -61,5 +61,8 @@ class Decoder(nn.Module):
 
 
 def top_k_score(anomaly_map: Tensor, k: int) -> Tensor:
-    """Image score: the mean of the ``k`` largest map values, (B, 1, H, W) -> (B,)."""
-    return anomaly_map.flatten(1).topk(k, dim=1).values.mean(dim=1)
+    """Image score: the mean of the ``k`` largest map values, (B, 1, H, W) -> (B,); per channel,
+    (B, C, H, W) -> (B, C), when there are several."""
+    if anomaly_map.shape[1] == 1:
+        return anomaly_map.flatten(1).topk(k, dim=1).values.mean(dim=1)
+    return anomaly_map.flatten(2).topk(k, dim=2).values.mean(dim=2)

@@ -212,6 +212,7 @@ class PRN(nn.Module):
             record["encoder F4"] = taps[NUM_SCALES]
         logits = self.decoder(taps[NUM_SCALES], skips, record)
         map_logits = None
+        share = self.config.score_prior_share
         if self.prior is not None:
             prior = self.prior(residuals)
             if record is not None:
@@ -220,11 +221,17 @@ class PRN(nn.Module):
             if weight != 1:     # the map takes the decoder's correction at ``weight``; the loss reads it whole
                 map_logits = prior + weight * logits
             logits = logits + prior
-        anomaly_map = torch.sigmoid(logits if map_logits is None else map_logits)
+            if share:           # channel 1: the prior's own map, for the image score only
+                map_logits = torch.cat((logits if map_logits is None else map_logits, prior), dim=1)
+        # One sigmoid and one blur over every channel: the export keeps exactly that tail in float.
+        maps = torch.sigmoid(logits if map_logits is None else map_logits)
         if self.smoothing is not None:      # after the sigmoid: a blur of probabilities, as PatchCore blurs distances
-            anomaly_map = self.smoothing(anomaly_map)
-        score = top_k_score(anomaly_map, self.config.score_top_k)
-        return PRNOutput(logits, anomaly_map, score)
+            maps = self.smoothing(maps)
+        if not share:
+            return PRNOutput(logits, maps, top_k_score(maps, self.config.score_top_k))
+        tops = top_k_score(maps, self.config.score_top_k)                    # (B, 2): the map's, the prior's
+        score = (1 - share) * tops[:, 0] + share * tops[:, 1]
+        return PRNOutput(logits, maps[:, :1], score)
 
     def pool(self, features: Tensor) -> Tensor:
         """The features as matched: each averaged over its ``match_pooling`` neighbourhood (borders as

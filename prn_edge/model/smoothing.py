@@ -41,7 +41,7 @@ def separable_blur(maps: Tensor, along_width: Tensor, along_height: Tensor) -> T
 
 
 class MapSmoothing(nn.Module):
-    """(B, 1, S, S) -> the same maps blurred by a Gaussian of ``sigma`` pixels.
+    """(B, C, S, S) -> the same maps blurred by a Gaussian of ``sigma`` pixels.
 
     The weights are non-persistent buffers: they follow from the config's sigma, so checkpoints
     hold no copy that could disagree with it. They are kept in the shapes the convolutions use,
@@ -56,4 +56,9 @@ class MapSmoothing(nn.Module):
         self.register_buffer("along_height", kernel.view(1, 1, -1, 1).clone(), persistent=False)
 
     def forward(self, maps: Tensor) -> Tensor:
-        return separable_blur(maps, self.along_width, self.along_height)
+        """(B, C, S, S) maps, each channel blurred on its own."""
+        if maps.shape[1] == 1:
+            return separable_blur(maps, self.along_width, self.along_height)
+        side = maps.shape[-2:]
+        flat = separable_blur(maps.reshape(-1, 1, *side), self.along_width, self.along_height)
+        return flat.reshape(-1, maps.shape[1], *side)

@@ -116,7 +116,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
           msa_layers: int | None = None, msa_block: str | None = None, match: str | None = None, match_pooling: int | None = None,
           match_pooling_border: str | None = None, prior: bool | None = None,
           prior_scales: str | Iterable[int] | None = None, map_smoothing: float | None = None,
-          decoder_map_weight: float | None = None, steps: int | None = None, minutes: float | None = None, batch_size: int | None = None,
+          decoder_map_weight: float | None = None, score_prior_share: float | None = None, steps: int | None = None, minutes: float | None = None, batch_size: int | None = None,
           defaults: str = "measured", lr: float | None = None, weight_decay: float = 1e-2,
           lr_schedule: str | None = None, select_best: bool | None = None,
           seed: int = 0,
@@ -182,6 +182,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
                                 ("--match-pooling", match_pooling, {"low": 1, "high": 15, "integer": True}),
                                 ("--map-smoothing", map_smoothing, {"low": 0}),
                                 ("--decoder-map-weight", decoder_map_weight, {"low": 0, "low_open": True, "high": 1}),
+                                ("--score-prior-share", score_prior_share, {"low": 0, "high": 1}),
                                 ("--lr", lr, {"low": 0, "low_open": True, "optional": False}),
                                 ("--weight-decay", weight_decay, {"low": 0, "optional": False}),
                                 ("--seed", seed, {"low": 0, "high": MAX_SEED, "integer": True, "optional": False}),
@@ -226,10 +227,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, config: str = "pap
         batch_size = 64 if on_gpu else CPU_DEFAULT_BATCH
     given = dict(backbone=backbone, residual=residual, msa_layers=msa_layers, msa_block=msa_block, prototype_match=match,
                  match_pooling=match_pooling, match_pooling_border=match_pooling_border, residual_prior=prior,
-                 prior_scales=prior_scales, map_smoothing=map_smoothing, decoder_map_weight=decoder_map_weight)
+                 prior_scales=prior_scales, map_smoothing=map_smoothing, decoder_map_weight=decoder_map_weight,
+                 score_prior_share=score_prior_share)
     chosen_model = dict(default_sets.MODEL[defaults])
-    if prior is not None and not prior:     # the set's decoder weight is relative to a prior that --no-prior removes
+    if prior is not None and not prior:     # the set's decoder weight and score share need the prior --no-prior removes
         chosen_model.pop("decoder_map_weight", None)
+        chosen_model.pop("score_prior_share", None)
     model_config = get_config(config, **{**chosen_model, **{k: v for k, v in given.items() if v is not None}})
     synthesis = SynthesisConfig(use_ea=not no_ea, use_sa=not no_sa)
     progress = None if quiet or not dist_info.is_main else _tqdm_wrap

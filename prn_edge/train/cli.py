@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model preset: the architecture's size (default: paper, ResNet-18; edge: Lite0)")
     p.add_argument("--defaults", choices=DEFAULT_SETS, default=DEFAULT_SET,
                    help="where every option below that is not given takes its value: measured (default: patch "
-                        "match, 3x3 pooling, residual prior over scales 2,3, map smoothing 4, decoder map weight 0.75, lr 2e-5 cosine, "
+                        "match, 3x3 pooling, residual prior over scales 2,3, map smoothing 4, decoder map weight 0.75, score prior share 0.5, lr 2e-5 cosine, "
                         "best validated step, built-in textures; measured to beat PatchCore beyond "
                         "aligned objects, docs/model.md) or paper (PRN as published)")
     p.add_argument("--backbone", choices=BACKBONE_NAMES, default=None, help="override the preset's backbone")
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the weight of the decoder's learnt correction in the anomaly map, "
                         "sigmoid(prior + W * decoder), 0 < W <= 1 (1 = as trained; the loss always reads it "
                         "whole); needs the residual prior")
+    p.add_argument("--score-prior-share", type=bounded_float("a share", 0, 1), default=None, metavar="S",
+                   help="override the residual prior's share of the image score: (1 - S) * top-K(map) + S * "
+                        "top-K(the prior's own map), 0 <= S <= 1 (0 = the map's score alone); the map itself is "
+                        "unchanged; needs the residual prior")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None, help="train for N optimiser steps")
     budget.add_argument("--minutes", type=bounded_float("minutes", 0, low_open=True), default=None, help="train for M minutes of wall clock")
@@ -155,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
                    msa_block=args.msa_block,
                    match=args.match, match_pooling=args.match_pooling,
                    match_pooling_border=args.match_pooling_border, prior=args.prior, prior_scales=args.prior_scales,
-                   map_smoothing=args.map_smoothing, decoder_map_weight=args.decoder_map_weight, defaults=args.defaults, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                   map_smoothing=args.map_smoothing, decoder_map_weight=args.decoder_map_weight,
+                   score_prior_share=args.score_prior_share, defaults=args.defaults, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                    lr_schedule=args.lr_schedule, select_best=args.select_best, weight_decay=args.weight_decay, seed=args.seed, seen=args.seen,
                    calibration_fraction=args.calibration_fraction, threshold_quantile=args.threshold_quantile,
                    textures=args.textures, foreground=args.foreground, no_ea=args.no_ea, no_sa=args.no_sa,
