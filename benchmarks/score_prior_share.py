@@ -72,7 +72,8 @@ def render(rows: list[dict], origin: dict) -> str:
              "alone (what these runs trained with unless `trained S` says otherwise); S 1: the prior's alone. The map "
              "does not depend on S, so pixel AUROC, PRO and AP are those of `decoder_map_weight_trained.md`, and these "
              "image AUROCs are exact for the weights; a run trained with S set can differ only in its selected step "
-             "and threshold. PatchCore: its image AUROC on the same images. Image AUROC in percent; `<` marks a cell "
+             "and threshold. The default S was chosen on these test sets (as W was, `decoder_map_weight.md`); runs "
+             "trained with it are in `decoder_map_weight_trained.md`. PatchCore: its image AUROC on the same images. Image AUROC in percent; `<` marks a cell "
              "below PatchCore at the table's precision.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
