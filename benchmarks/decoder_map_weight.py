@@ -20,7 +20,6 @@ runs it on every set and seed that the match ablation trained.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from match_ablation import METRICS, VARIANTS, add_checkpoint_arguments, patchcore_cells, run_folder  # noqa: E402
+from match_ablation import METRICS, VARIANTS, add_checkpoint_arguments, parse_checkpoint_arguments, patchcore_cells, run_folder  # noqa: E402
 
 from prn_edge.checkpoint import load_model  # noqa: E402
 from prn_edge.data.mvtec import load_sample, scan_category  # noqa: E402
@@ -133,12 +132,7 @@ def render(rows: list[dict], origin: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_checkpoint_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-    missing = [str(d) for d in args.data if not d.is_dir()]
-    if missing:
-        parser.error(f"no such data folder: {', '.join(missing)}")
+    args = parse_checkpoint_arguments(parser, argv)
     assert all(v in VARIANTS for v, _ in RUNS)
     patchcore = patchcore_cells(args.ablation)
     rows = []

@@ -18,7 +18,6 @@ match ablation's results file of the same budget (the same images: each run's se
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from match_ablation import METRICS, VARIANTS, add_checkpoint_arguments, patchcore_cells, run_folder  # noqa: E402
+from match_ablation import METRICS, VARIANTS, add_checkpoint_arguments, parse_checkpoint_arguments, patchcore_cells, run_folder  # noqa: E402
 
 from prn_edge.checkpoint import load_model  # noqa: E402
 from prn_edge.data.mvtec import scan_category  # noqa: E402
@@ -99,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     add_checkpoint_arguments(parser)
     parser.add_argument("--variants", required=True, help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+    args = parse_checkpoint_arguments(parser, argv)
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -81,6 +81,18 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
 
 
+def parse_checkpoint_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the options of :func:`add_checkpoint_arguments`, set up logging and torch's threads, and refuse
+    data folders that do not exist."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    missing = [str(d) for d in args.data if not d.is_dir()]
+    if missing:
+        parser.error(f"no such data folder: {', '.join(missing)}")
+    return args
+
+
 def patchcore_cells(paths: list[Path]) -> dict[tuple[str, int], dict | None]:
     """``{(set, seed): PatchCore's metrics}`` from results files of this ablation (files that do not exist add
     nothing)."""

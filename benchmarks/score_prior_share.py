@@ -18,7 +18,6 @@ on every set and seed that the measured defaults trained.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from accuracy import at_least  # noqa: E402
 from decoder_map_weight import record  # noqa: E402
-from match_ablation import add_checkpoint_arguments, patchcore_cells, run_folder  # noqa: E402
+from match_ablation import add_checkpoint_arguments, parse_checkpoint_arguments, patchcore_cells, run_folder  # noqa: E402
 
 from prn_edge.checkpoint import load_checkpoint  # noqa: E402
 from prn_edge.eval.metrics import image_auroc  # noqa: E402
@@ -97,12 +96,7 @@ def render(rows: list[dict], origin: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_checkpoint_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-    missing = [str(d) for d in args.data if not d.is_dir()]
-    if missing:
-        parser.error(f"no such data folder: {', '.join(missing)}")
+    args = parse_checkpoint_arguments(parser, argv)
     patchcore = patchcore_cells(args.ablation)
     rows = []
     for data in args.data:

@@ -75,6 +75,33 @@ def small_checkpoint(path: Path, seed: int) -> Path:
     return path
 
 
+def prior_model_pair(config: dict, changes: dict, head_gain: float):
+    """Two edge models with the same state, built from ``config`` and from ``config`` plus ``changes``
+    (options that add no state, such as how the map or the score reads the prior), and the images they see.
+
+    Their prototypes come from those images; the decoder's head gets a trained-looking correction of
+    ``head_gain`` (it starts at zero beside the residual prior; 0 keeps the untrained model).
+    """
+    import torch
+
+    from prn_edge.config import get_config
+    from prn_edge.model import PRN
+    from prn_edge.model.backbones import build_backbone
+
+    backbone = build_backbone("efficientnet_lite0", weights="none")
+    images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    base = PRN(get_config("edge", **config), backbone=backbone).eval()
+    base.build_prototypes([images])
+    head = base.decoder.head[-1]
+    with torch.no_grad():
+        head.weight.copy_(head_gain * torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(2)))
+        head.bias.fill_(-head_gain)
+    changed = PRN(get_config("edge", **config, **changes), backbone=backbone).eval()
+    changed.load_state_dict(base.state_dict())
+    return base, changed, images
+
+
 def record_outcome(category: str, case: str, tool: str, status: int | None, message: str) -> None:
     """Append one observed outcome to ``$PRN_RELIABILITY_LOG`` (JSON lines), when it is set.
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import prior_model_pair
+
 from prn_edge.config import PRNConfig, get_config
 from prn_edge.errors import PRNError
-from prn_edge.model import PRN
-from prn_edge.model.backbones import build_backbone
 from prn_edge.model.decoder import top_k_score
 
 PRIOR = dict(prototype_match="patch", patch_prototypes=8, residual_prior=True, prior_scales=(2, 3))
@@ -16,18 +16,7 @@ PRIOR = dict(prototype_match="patch", patch_prototypes=8, residual_prior=True, p
 
 def _pair(weight: float, head_gain: float):
     """Two edge models with the same state, one at decoder_map_weight 1 and one at ``weight``."""
-    backbone = build_backbone("efficientnet_lite0", weights="none")
-    images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)
-    whole = PRN(get_config("edge", **PRIOR), backbone=backbone).eval()
-    whole.build_prototypes([images])
-    head = whole.decoder.head[-1]
-    with torch.no_grad():        # a trained-looking correction (the head starts at zero beside the prior)
-        head.weight.copy_(head_gain * torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(2)))
-        head.bias.fill_(-head_gain)
-    weighted = PRN(get_config("edge", **PRIOR, decoder_map_weight=weight), backbone=backbone).eval()
-    weighted.load_state_dict(whole.state_dict())          # the weight adds no state
-    return whole, weighted, images
+    return prior_model_pair(PRIOR, {"decoder_map_weight": weight}, head_gain)
 
 
 def test_the_map_takes_the_correction_at_its_weight_and_the_loss_reads_it_whole():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import prior_model_pair
+
 from prn_edge.config import PRNConfig, get_config
 from prn_edge.errors import PRNError
-from prn_edge.model import PRN
-from prn_edge.model.backbones import build_backbone
 from prn_edge.model.decoder import top_k_score
 from prn_edge.model.smoothing import MapSmoothing
 
@@ -19,18 +19,7 @@ PRIOR = dict(prototype_match="patch", patch_prototypes=8, residual_prior=True, p
 
 def _pair(share: float, head_gain: float):
     """Two edge models with the same state, one scoring from the map alone and one at ``share``."""
-    backbone = build_backbone("efficientnet_lite0", weights="none")
-    images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)
-    alone = PRN(get_config("edge", **PRIOR), backbone=backbone).eval()
-    alone.build_prototypes([images])
-    head = alone.decoder.head[-1]
-    with torch.no_grad():        # a trained-looking correction (the head starts at zero beside the prior)
-        head.weight.copy_(head_gain * torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(2)))
-        head.bias.fill_(-head_gain)
-    shared = PRN(get_config("edge", **PRIOR, score_prior_share=share), backbone=backbone).eval()
-    shared.load_state_dict(alone.state_dict())          # the share adds no state
-    return alone, shared, images
+    return prior_model_pair(PRIOR, {"score_prior_share": share}, head_gain)
 
 
 def test_the_score_mixes_the_priors_top_k_and_the_map_is_unchanged():
