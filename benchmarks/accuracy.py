@@ -174,11 +174,6 @@ def _default(option: str) -> str:
     return f"{MODEL[DEFAULT_SET][option]:g}"
 
 
-def _default_weight() -> str:
-    """The measured defaults' decoder weight W, as the results files key it."""
-    return _default("decoder_map_weight")
-
-
 def measured_rows(results: Path) -> list[dict]:
     """PRN with prn-train's measured defaults and PatchCore on the same images, one row per (set, seed),
     each with the goals it misses (``goals_missed``).
@@ -190,7 +185,7 @@ def measured_rows(results: Path) -> list[dict]:
     ``SCORE_SHARE`` (exact too: the map does not depend on S), re-scored from the same checkpoint (its
     trained W and S match); without one it keeps its own, and its source says so.
     """
-    weight = _default_weight()
+    weight = _default("decoder_map_weight")
     rows: dict[tuple[str, int], dict] = {}
     trained = _load(results / TRAINED) or {"rows": []}
     for r in trained["rows"]:
@@ -201,21 +196,20 @@ def measured_rows(results: Path) -> list[dict]:
                 "prn": {m: cell[m] for m in METRICS}, "patchcore": r["patchcore"],
                 "steps": cell.get("steps"), "selected_step": cell.get("selected_step"),
                 "validation": cell.get("validation"), "minutes": cell.get("minutes"),
-                "trained_share": cell.get("score_prior_share", 0.0)}
+                "checkpoint": (weight, f"{cell.get('score_prior_share', 0.0):g}")}
     post_hoc = _load(results / POST_HOC) or {"rows": []}
     for r in post_hoc["rows"]:
         key = (r["data"], r.get("seed", 0))
         if key in rows or r.get("trained_weight") != 1.0 or weight not in r["weights"] or not r.get("patchcore"):
             continue
         rows[key] = {"data": r["data"], "seed": r.get("seed", 0), "source": f"post hoc ({r['variant']}, W {weight})",
-                     "prn": dict(r["weights"][weight]), "patchcore": r["patchcore"]}
+                     "prn": dict(r["weights"][weight]), "patchcore": r["patchcore"], "checkpoint": ("1", "0")}
     share = _default("score_prior_share")
     rescored = {(r["data"], r["seed"], f"{r['trained_weight']:g}", f"{r['trained_share']:g}"): r["shares"][share]
                 for r in (_load(results / SCORE_SHARE) or {"rows": []})["rows"] if share in r["shares"]}
     for r in rows.values():
-        trained_share = f"{r.pop('trained_share', 0):g}"
+        trained_weight, trained_share = r.pop("checkpoint")     # what the row's checkpoint was trained with
         if trained_share != share:
-            trained_weight = weight if r["source"] == "trained" else "1"
             image = rescored.get((r["data"], r["seed"], trained_weight, trained_share))
             if image is None:
                 r["source"] += f", image score S {trained_share} (none re-scored at S {share})"
@@ -264,7 +258,7 @@ def _delta(a: dict, b: dict) -> str:
 def measured_section(rows: list[dict], results: Path) -> list[str]:
     """accuracy.md's first part: the measured defaults on every set and seed against PatchCore, the goals,
     what is missing, and the ablation behind each default."""
-    weight = _default_weight()
+    weight = _default("decoder_map_weight")
     met = [r for r in rows if not r["goals_missed"]]
     at_least = [r for r in rows if not below_patchcore(r["prn"], r["patchcore"])]
     lines = ["## PRN with prn-train's measured defaults against PatchCore (issue 13)", "",
